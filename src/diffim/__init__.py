@@ -10,7 +10,7 @@ from .errors import (
 )
 from .image import BBox, Exposure, MaskedImage, MaskPlanes
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "BBox",

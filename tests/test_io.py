@@ -1,0 +1,433 @@
+"""Tests of diffim.io: FITS round trips, layouts, variance estimation, CCDData, errors."""
+
+import logging
+import os
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import CCDData, InverseVariance, StdDevUncertainty
+from astropy.wcs import WCS, Sip
+
+from diffim.errors import (
+    DiffimIOError,
+    DiffimValueError,
+    MaskedPixelsWarning,
+    VarianceEstimatedWarning,
+)
+from diffim.image import BBox, Exposure, MaskedImage
+from diffim.io import (
+    atomic_write_hdulist,
+    check_not_input,
+    exposure_to_hdulist,
+    from_ccddata,
+    read_exposure,
+    to_ccddata,
+    write_exposure,
+)
+
+SHAPE = (40, 50)  # (ny, nx)
+
+
+def make_wcs(sip=False):
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.1, 2.2]
+    wcs.wcs.crpix = [30.5, 20.5]
+    wcs.wcs.cd = [[-5.5e-5, 1e-6], [2e-6, 5.5e-5]]
+    if sip:
+        wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+        a, b = np.zeros((3, 3)), np.zeros((3, 3))
+        a[2, 0], b[0, 2], a[1, 1] = 2e-5, -1e-5, 3e-6
+        wcs.sip = Sip(a, b, None, None, wcs.wcs.crpix)
+    return wcs
+
+
+def make_masked_image(dtype=np.float32, seed=1, xy0=(0, 0)):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100.0, 5.0, SHAPE).astype(dtype)
+    variance = rng.uniform(20.0, 30.0, SHAPE).astype(dtype)
+    masked = MaskedImage(image, None, variance, xy0=xy0)
+    masked.mask[:] = rng.integers(0, 1 << 9, SHAPE, dtype=np.int32)
+    masked.set_mask_plane("FAKE_SOURCE_INJECTED", rng.random(SHAPE) < 0.1)
+    return masked
+
+
+def write_plain(path, data, header=None):
+    fits.PrimaryHDU(data, header=header).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_keeps_pixels_and_every_mask_bit(tmp_path, dtype):
+    masked = make_masked_image(dtype, xy0=(17, -4))
+    path = tmp_path / "exposure.fits"
+    write_exposure(masked, path)
+    result = read_exposure(path).masked_image
+    assert result.dtype == dtype
+    assert result.mask.dtype == np.int32
+    np.testing.assert_array_equal(result.image, masked.image)
+    np.testing.assert_array_equal(result.variance, masked.variance)
+    np.testing.assert_array_equal(result.mask, masked.mask)
+    assert result.planes == masked.planes
+    assert result.planes.bit("FAKE_SOURCE_INJECTED") == 9
+    assert result.xy0 == (17, -4)
+    assert result.image.dtype.isnative  # sep needs native byte order
+
+
+def test_file_layout_is_lsst_style(tmp_path):
+    path = tmp_path / "exposure.fits"
+    write_exposure(make_masked_image(xy0=(5, 7)), path, header_extra={"OBSERVER": "me"})
+    with fits.open(path) as hdulist:
+        assert [hdu.name for hdu in hdulist] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE"]
+        assert hdulist[0].data is None
+        assert hdulist[0].header["OBSERVER"] == "me"
+        mask_header = hdulist["MASK"].header
+        assert mask_header["MP_DETECTED_NEGATIVE"] == 6
+        assert mask_header["MP_FAKE_SOURCE_INJECTED"] == 9
+        assert (hdulist["IMAGE"].header["LTV1"], hdulist["IMAGE"].header["LTV2"]) == (-5, -7)
+        assert hdulist["IMAGE"].header["CRVAL1A"] == 5
+
+
+def test_metadata_round_trip(tmp_path):
+    exposure = Exposure(
+        make_masked_image(),
+        gain=1.7,
+        saturation=60000.0,
+        zero_point=27.5,
+        filter_name="r",
+        metadata={"AIRMASS": 1.2, "spatialKernelSum": 0.98, "BADVALUE": float("nan")},
+    )
+    path = tmp_path / "exposure.fits"
+    write_exposure(exposure, path, header_extra={"AIRMASS": 1.3})
+    result = read_exposure(path)
+    assert (result.gain, result.saturation) == (1.7, 60000.0)
+    assert (result.zero_point, result.filter_name) == (27.5, "r")
+    assert result.metadata["AIRMASS"] == 1.3  # header_extra overrides metadata
+    assert result.metadata["spatialKernelSum"] == 0.98
+    assert "BADVALUE" not in result.metadata  # NaN cannot go into a FITS header
+
+
+@pytest.mark.parametrize("sip", [False, True])
+def test_wcs_round_trip_of_cutout_keeps_parent_coordinates(tmp_path, sip):
+    parent = Exposure(make_masked_image(), wcs=make_wcs(sip))
+    cutout = parent.subimage(BBox(12, 9, 25, 20))
+    path = tmp_path / "cutout.fits"
+    write_exposure(cutout, path)
+    result = read_exposure(path)
+    x = np.array([12.0, 20.5, 36.0])
+    y = np.array([9.0, 15.25, 28.0])
+    expected = np.array(parent.wcs.pixel_to_world_values(x, y))
+    got = np.array(result.wcs.pixel_to_world_values(x, y))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    # A plain FITS viewer sees the cut-out's first pixel at the parent's (x0, y0).
+    with fits.open(path) as hdulist:
+        file_wcs = WCS(hdulist["IMAGE"].header)
+    np.testing.assert_allclose(
+        file_wcs.pixel_to_world_values(0, 0), parent.wcs.pixel_to_world_values(12, 9), atol=1e-12
+    )
+
+
+def test_header_without_celestial_wcs_gives_none(tmp_path):
+    path = write_plain(tmp_path / "plain.fits", np.ones(SHAPE), fits.Header({"GAIN": 2.0}))
+    with pytest.warns(VarianceEstimatedWarning):
+        assert read_exposure(path).wcs is None
+
+
+def write_calexp(path, masked, *, named=True):
+    """Simulate an LSST calexp: primary + image/mask/variance + binary tables."""
+    table = fits.BinTableHDU.from_columns([fits.Column("x", "D", array=np.arange(3.0))])
+    names = ("IMAGE", "MASK", "VARIANCE") if named else (None, None, None)
+    header = fits.Header()
+    for name, bit in masked.planes.as_dict().items():
+        header[f"HIERARCH MP_{name}"] = bit
+    hdus = [
+        fits.PrimaryHDU(header=fits.Header({"FILTER": "i", "GAIN": 1.1})),
+        fits.ImageHDU(masked.image, name=names[0]),
+        fits.ImageHDU(masked.mask, header=header, name=names[1]),
+        fits.ImageHDU(masked.variance, name=names[2]),
+        table,
+        table.copy(),
+    ]
+    fits.HDUList(hdus).writeto(path)
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_calexp_with_extra_hdus(tmp_path, caplog, named):
+    masked = make_masked_image()
+    path = tmp_path / "calexp.fits"
+    write_calexp(path, masked, named=named)
+    with caplog.at_level(logging.DEBUG, logger="diffim.io"):
+        result = read_exposure(path)
+    assert "ignoring 2 extra HDUs" in caplog.text
+    np.testing.assert_array_equal(result.masked_image.variance, masked.variance)
+    np.testing.assert_array_equal(result.masked_image.mask, masked.mask)
+    assert (result.filter_name, result.gain) == ("i", 1.1)
+
+
+def test_tile_compressed_lsst_file(tmp_path):
+    masked = make_masked_image()
+    path = tmp_path / "calexp.fits.fz"
+    hdus = [fits.PrimaryHDU()]
+    for name, data in (
+        ("IMAGE", masked.image),
+        ("MASK", masked.mask),
+        ("VARIANCE", masked.variance),
+    ):
+        hdus.append(fits.CompImageHDU(data, name=name, compression_type="RICE_1"))
+    fits.HDUList(hdus).writeto(path)
+    result = read_exposure(path).masked_image
+    np.testing.assert_array_equal(result.mask, masked.mask)  # integers compress losslessly
+    # Rice quantizes floats to about sigma/16 of the noise; sigma here is ~5 ADU.
+    np.testing.assert_allclose(result.image, masked.image, atol=1.0)
+    np.testing.assert_allclose(result.variance, masked.variance, atol=0.5)
+    assert result.dtype == np.float32
+
+
+def test_plain_image_with_separate_variance_and_mask(tmp_path):
+    masked = make_masked_image()
+    image = write_plain(tmp_path / "image.fits", masked.image)
+    variance = write_plain(tmp_path / "variance.fits", masked.variance)
+    header = fits.Header({"MP_BAD": 0, "MP_SAT": 1, "MP_CR": 3})
+    mask = write_plain(tmp_path / "mask.fits", np.array([[1, 2, 8, 0]] * 10), header)
+    with pytest.raises(DiffimIOError, match=r"mask\.fits has shape \(10, 4\)"):
+        read_exposure(image, variance=variance, mask=mask)
+    mask_values = np.where(masked.image > 105, 8, 0).astype(np.int16)
+    mask = write_plain(tmp_path / "mask2.fits", mask_values, header)
+    result = read_exposure(image, variance=variance, mask=mask).masked_image
+    np.testing.assert_array_equal(result.variance, masked.variance)
+    np.testing.assert_array_equal(result.mask_plane("CR"), masked.image > 105)
+    assert result.planes.bit("CR") == 3
+
+
+def test_mask_file_without_plane_names_marks_bad(tmp_path):
+    masked = make_masked_image()
+    image = write_plain(tmp_path / "image.fits", masked.image)
+    mask = write_plain(tmp_path / "mask.fits", np.where(masked.image > 105, 7, 0).astype(np.uint8))
+    result = read_exposure(image, variance=masked.variance, mask=mask).masked_image
+    np.testing.assert_array_equal(result.mask_plane("BAD"), masked.image > 105)
+    assert set(np.unique(result.mask)) <= {0, 1}
+
+
+@pytest.mark.parametrize(("kind", "transform"), [("weight", np.reciprocal), ("sigma", np.sqrt)])
+def test_weight_and_sigma_maps(tmp_path, kind, transform):
+    masked = make_masked_image(np.float64)
+    image = write_plain(tmp_path / "image.fits", masked.image)
+    noise_map = write_plain(tmp_path / f"{kind}.fits", transform(masked.variance))
+    result = read_exposure(image, **{kind: noise_map}).masked_image
+    np.testing.assert_allclose(result.variance, masked.variance, rtol=1e-12)
+
+
+def test_zero_weight_is_no_data(tmp_path):
+    masked = make_masked_image(np.float64)
+    weight = 1.0 / masked.variance
+    weight[3, 4] = 0.0
+    image = write_plain(tmp_path / "image.fits", masked.image)
+    with pytest.warns(MaskedPixelsWarning, match=r"image\.fits: 1 pixels") as record:
+        result = read_exposure(image, weight=weight).masked_image
+    assert record[0].filename == __file__  # stacklevel points at the caller
+    assert weight[3, 4] == 0.0  # the input array is not modified
+    assert result.mask_plane("NO_DATA")[3, 4]
+    assert result.image[3, 4] == 0
+    assert result.variance[3, 4] == 0
+
+
+def test_more_than_one_noise_map_is_an_error(tmp_path):
+    image = write_plain(tmp_path / "image.fits", np.ones(SHAPE))
+    with pytest.raises(DiffimValueError, match="at most one of variance=, weight=, sigma="):
+        read_exposure(image, variance=np.ones(SHAPE), sigma=np.ones(SHAPE))
+
+
+def test_variance_estimated_from_gain(tmp_path):
+    """Poisson image: sky 1000 ADU, gain 2 e-/ADU, read noise 6 e- -> sky variance
+    1000/2 + (6/2)**2 = 509 ADU**2; a 20000 ADU star pixel has variance ~ 21000/2 + 9."""
+    rng = np.random.default_rng(3)
+    gain, read_noise = 2.0, 6.0
+    truth = np.full((200, 200), 1000.0)
+    truth[100, 100] = 21000.0
+    electrons = rng.poisson(truth * gain) + rng.normal(0.0, read_noise, truth.shape)
+    header = fits.Header({"GAIN": gain, "RDNOISE": read_noise})
+    path = write_plain(tmp_path / "raw.fits", (electrons / gain).astype(np.float32), header)
+    with pytest.warns(VarianceEstimatedWarning, match=r"raw\.fits.*gain 2 e-/ADU"):
+        exposure = read_exposure(path)
+    variance = exposure.masked_image.variance
+    assert exposure.metadata["VARSRC"] == "gain"
+    assert exposure.gain == gain
+    assert np.median(variance) == pytest.approx(509.0, rel=0.01)
+    assert variance[100, 100] == pytest.approx(10509.0, rel=0.03)
+    assert np.var(exposure.masked_image.image[:90]) == pytest.approx(509.0, rel=0.03)
+
+
+def test_variance_estimated_from_sky_noise(tmp_path):
+    """Gaussian noise of sigma 5 plus a few bright stars: variance 25 within 3%."""
+    rng = np.random.default_rng(4)
+    image = rng.normal(300.0, 5.0, (200, 200))
+    image[rng.integers(0, 200, 30), rng.integers(0, 200, 30)] += 5000.0
+    path = write_plain(tmp_path / "nogain.fits", image)
+    with pytest.warns(VarianceEstimatedWarning, match=r"nogain\.fits.*sky noise"):
+        exposure = read_exposure(path)
+    assert exposure.metadata["VARSRC"] == "sky-noise"
+    np.testing.assert_allclose(exposure.masked_image.variance, 25.0, rtol=0.03)
+    output = tmp_path / "out.fits"
+    write_exposure(exposure, output)
+    assert fits.getheader(output)["VARSRC"] == "sky-noise"
+
+
+def test_non_finite_pixels_masked_with_warning(tmp_path):
+    masked = make_masked_image()
+    masked.image[0, :3] = np.nan
+    masked.image[5, 5] = np.inf
+    masked.mask[0, :3] = masked.mask[5, 5] = 0  # pixels already NO_DATA are not counted
+    masked.mask[0, 0] = 1 << masked.planes.bit("NO_DATA")
+    path = tmp_path / "nan.fits"
+    write_exposure(masked, path)
+    with pytest.warns(MaskedPixelsWarning, match=r"nan\.fits: 3 pixels"):
+        result = read_exposure(path).masked_image
+    assert result.mask_plane("NO_DATA")[0, :3].all()
+    assert result.mask_plane("NO_DATA")[5, 5]
+    assert np.isfinite(result.image).all()
+    assert result.variance[5, 5] == 0
+
+
+def test_select_hdu_by_name(tmp_path):
+    path = tmp_path / "multi.fits"
+    images = [np.full(SHAPE, 1.0), np.full(SHAPE, 2.0)]
+    fits.HDUList([fits.PrimaryHDU(images[0]), fits.ImageHDU(images[1], name="SCI")]).writeto(path)
+    result = read_exposure(path, hdu="SCI", variance=np.ones(SHAPE))
+    assert (result.masked_image.image == 2.0).all()
+    with pytest.raises(DiffimIOError, match=r"multi\.fits has no HDU 'NOPE'"):
+        read_exposure(path, hdu="NOPE")
+
+
+# -- errors ---------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    with pytest.raises(DiffimIOError, match=r"missing\.fits does not exist"):
+        read_exposure(tmp_path / "missing.fits")
+
+
+def test_not_a_fits_file(tmp_path):
+    path = tmp_path / "notes.fits"
+    path.write_text("this is not FITS\n" * 300)
+    with pytest.raises(DiffimIOError, match=r"cannot read .*notes\.fits as a FITS file"):
+        read_exposure(path)
+
+
+def test_file_without_image(tmp_path):
+    path = tmp_path / "table.fits"
+    table = fits.BinTableHDU.from_columns([fits.Column("x", "D", array=np.arange(3.0))])
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+    with pytest.raises(DiffimIOError, match=r"table\.fits has no 2-d image"):
+        read_exposure(path)
+
+
+def test_plane_shape_mismatch(tmp_path):
+    hdulist = exposure_to_hdulist(make_masked_image())
+    hdulist["VARIANCE"].data = np.ones((3, 3), dtype=np.float32)
+    path = tmp_path / "mismatch.fits"
+    hdulist.writeto(path)
+    with pytest.raises(DiffimIOError, match=r"mismatch\.fits.*\(3, 3\).*\(40, 50\)"):
+        read_exposure(path)
+
+
+def test_negative_variance(tmp_path):
+    masked = make_masked_image()
+    masked.variance[2, 2] = -1.0
+    path = tmp_path / "negative.fits"
+    write_exposure(masked, path)
+    with pytest.raises(DiffimIOError, match=r"negative\.fits\[VARIANCE\]: 1 variance values"):
+        read_exposure(path)
+
+
+# -- writing --------------------------------------------------------------------------------
+def test_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "out.fits"
+    write_exposure(make_masked_image(seed=1), path)
+    with pytest.raises(DiffimIOError, match=r"out\.fits already exists; pass overwrite=True"):
+        write_exposure(make_masked_image(seed=2), path)
+    write_exposure(make_masked_image(seed=2), path, overwrite=True)
+    result = read_exposure(path).masked_image
+    np.testing.assert_array_equal(result.image, make_masked_image(seed=2).image)
+    assert os.listdir(tmp_path) == ["out.fits"]  # no temporary file left behind
+    assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def broken_writeto(self, fileobj, **kwargs):
+        fileobj.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fits.HDUList, "writeto", broken_writeto)
+    with pytest.raises(DiffimIOError, match=r"cannot write .*out\.fits: disk full"):
+        write_exposure(make_masked_image(), tmp_path / "out.fits")
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_into_missing_folder(tmp_path):
+    hdulist = fits.HDUList([fits.PrimaryHDU()])
+    with pytest.raises(DiffimIOError, match="does not exist; create it first"):
+        atomic_write_hdulist(hdulist, tmp_path / "nope" / "out.fits")
+
+
+def test_check_not_input(tmp_path):
+    image = write_plain(tmp_path / "image.fits", np.ones(SHAPE))
+    check_not_input(tmp_path / "diff.fits", [image, None, np.ones(3)])
+    with pytest.raises(DiffimIOError, match="is also an input"):
+        check_not_input(tmp_path / "sub" / ".." / "image.fits", [None, image])
+
+
+# -- CCDData --------------------------------------------------------------------------------
+def test_ccddata_round_trip(tmp_path):
+    exposure = Exposure(make_masked_image(xy0=(3, 4)), wcs=make_wcs(), gain=1.5, filter_name="g")
+    ccd = to_ccddata(exposure)
+    assert isinstance(ccd.uncertainty.array, np.ndarray)
+    np.testing.assert_array_equal(ccd.mask, exposure.masked_image.mask != 0)
+    np.testing.assert_allclose(
+        ccd.wcs.pixel_to_world_values(0, 0), exposure.wcs.pixel_to_world_values(3, 4)
+    )
+    result = from_ccddata(ccd)
+    for plane in ("image", "mask", "variance"):
+        np.testing.assert_array_equal(
+            getattr(result.masked_image, plane), getattr(exposure.masked_image, plane)
+        )
+    assert result.masked_image.planes == exposure.masked_image.planes
+    assert result.masked_image.xy0 == (3, 4)
+    assert (result.gain, result.filter_name) == (1.5, "g")
+    np.testing.assert_allclose(
+        result.wcs.pixel_to_world_values(10, 12), exposure.wcs.pixel_to_world_values(10, 12)
+    )
+    ccd.write(tmp_path / "ccd.fits", hdu_flags="FLAGS")  # astropy can write it
+
+
+@pytest.mark.parametrize(
+    "uncertainty",
+    [StdDevUncertainty(np.full(SHAPE, 2.0)), InverseVariance(np.full(SHAPE, 0.25))],
+)
+def test_from_ccddata_uncertainty_types_and_boolean_mask(uncertainty):
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[1, 2] = True
+    ccd = CCDData(np.ones(SHAPE, np.float32), unit=u.adu, uncertainty=uncertainty, mask=mask)
+    masked = from_ccddata(ccd).masked_image
+    np.testing.assert_allclose(masked.variance, 4.0)
+    np.testing.assert_array_equal(masked.mask_plane("BAD"), mask)
+    assert masked.dtype == np.float32
+
+
+def test_from_ccddata_without_uncertainty_estimates_variance():
+    rng = np.random.default_rng(5)
+    ccd = CCDData(rng.normal(0.0, 3.0, (100, 100)), unit="adu")
+    with pytest.warns(VarianceEstimatedWarning, match="CCDData has no variance"):
+        exposure = from_ccddata(ccd)
+    np.testing.assert_allclose(exposure.masked_image.variance, 9.0, rtol=0.05)
+
+
+def test_plain_tile_compressed_image_in_first_extension(tmp_path):
+    rng = np.random.default_rng(6)
+    data = rng.normal(0.0, 4.0, (64, 64)).astype(np.float32)
+    path = tmp_path / "plain.fits.fz"
+    header = fits.Header({"FILTER": "z"})
+    fits.HDUList([fits.PrimaryHDU(header=header), fits.CompImageHDU(data)]).writeto(path)
+    with pytest.warns(VarianceEstimatedWarning, match="sky noise"):
+        exposure = read_exposure(path)
+    assert exposure.filter_name == "z"
+    np.testing.assert_allclose(exposure.masked_image.image, data, atol=0.5)
