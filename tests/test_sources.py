@@ -1,0 +1,317 @@
+"""Tests of diffim.sources: detection, kernel-star selection and FWHM measurement.
+
+The images are rendered here (not with diffim.simulate) so that the truth is explicit:
+Gaussian stars are integrated exactly over each pixel with erf, Moffat stars by 11x11
+sub-pixel sampling; the noise is Gaussian with variance ``read_noise**2 + model`` (gain 1).
+"""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from diffim.errors import DiffimValueError, InsufficientKernelSourcesError, MaskedPixelsWarning
+from diffim.image import MaskedImage
+from diffim.sources import (
+    REJECT_REASONS,
+    detect_sources,
+    measure_fwhm,
+    select_kernel_sources,
+)
+
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+SKY = 100.0
+READ_NOISE = 5.0
+SATURATION = 20000.0
+
+
+def gaussian_pixels(dx, dy, fwhm):
+    """Fraction of a unit-flux Gaussian falling in pixels at offsets (dx, dy) (exact)."""
+    sigma = fwhm / FWHM_PER_SIGMA
+    scale = sigma * math.sqrt(2.0)
+
+    def cdf(edges):
+        return 0.5 * erf(edges / scale)
+
+    return (cdf(dx + 0.5) - cdf(dx - 0.5)) * (cdf(dy + 0.5) - cdf(dy - 0.5))
+
+
+def moffat_pixels(dx, dy, fwhm, beta, oversample=11):
+    """Fraction of a unit-flux Moffat in pixels at offsets (dx, dy), by sub-pixel sampling."""
+    alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    sx = dx[..., None, None] + sub[None, :]
+    sy = dy[..., None, None] + sub[:, None]
+    surface = (beta - 1.0) / (math.pi * alpha**2) * (1.0 + (sx**2 + sy**2) / alpha**2) ** -beta
+    return surface.mean(axis=(-2, -1))
+
+
+def add_star(model, x, y, flux, profile, half=25):
+    """Add a star centred at array position (x, y) to ``model`` in place."""
+    ny, nx = model.shape
+    ix, iy = round(x), round(y)
+    rows = slice(max(iy - half, 0), min(iy + half + 1, ny))
+    cols = slice(max(ix - half, 0), min(ix + half + 1, nx))
+    yy, xx = np.mgrid[rows, cols]
+    model[rows, cols] += flux * profile(xx - x, yy - y)
+
+
+def make_image(stars, *, shape=(320, 320), profile, seed, xy0=(0, 0)):
+    """Render ``stars`` (rows of x, y, flux in array coordinates) on a sky with noise."""
+    rng = np.random.default_rng(seed)
+    model = np.full(shape, SKY)
+    for x, y, flux in stars:
+        add_star(model, x, y, flux, profile)
+    variance = READ_NOISE**2 + model
+    image = model + rng.normal(size=shape) * np.sqrt(variance)
+    return MaskedImage(image, variance=variance, xy0=xy0)
+
+
+def star_grid(seed, *, shape=(320, 320), spacing=40, flux_range=(5e3, 1e5)):
+    """Stars on a jittered grid ``spacing`` apart with log-uniform fluxes."""
+    rng = np.random.default_rng(seed)
+    centres = np.arange(spacing / 2, shape[0] - spacing / 4, spacing)
+    xs, ys = np.meshgrid(centres, centres)
+    n = xs.size
+    jitter = rng.uniform(-3.0, 3.0, size=(2, n))
+    flux = np.exp(rng.uniform(*np.log(flux_range), size=n))
+    return np.column_stack([xs.ravel() + jitter[0], ys.ravel() + jitter[1], flux])
+
+
+def gaussian(fwhm):
+    return lambda dx, dy: gaussian_pixels(dx, dy, fwhm)
+
+
+def moffat(fwhm, beta):
+    return lambda dx, dy: moffat_pixels(dx, dy, fwhm, beta)
+
+
+def nearest(table, x, y):
+    """Index of the row of ``table`` nearest to (x, y) and its distance."""
+    distance = np.hypot(table["x"] - x, table["y"] - y)
+    return int(np.argmin(distance)), float(distance.min())
+
+
+@pytest.fixture(scope="module")
+def gaussian_field():
+    stars = star_grid(seed=1)
+    return stars, make_image(stars, profile=gaussian(3.0), seed=2, xy0=(1000, 2000))
+
+
+# -- detection -----------------------------------------------------------------------------
+@pytest.mark.parametrize("fwhm_pix", [None, 3.0])
+def test_detections_at_true_positions_and_fluxes(gaussian_field, fwhm_pix):
+    """Bright (flux >= 2e4, S/N > 100) Gaussian stars: centroids within 0.1 px in parent
+    coordinates; the 2-FWHM aperture holds 99.999% of the flux, so flux within 3% (>3 sigma)."""
+    stars, image = gaussian_field
+    table = detect_sources(image, fwhm_pix=fwhm_pix)
+    assert len(table) == len(stars)  # no spurious detections at 5 sigma on 1e5 pixels
+    for x, y, flux in stars:
+        row, distance = nearest(table, x + 1000, y + 2000)
+        assert distance < (0.1 if flux >= 2e4 else 0.3)
+        assert table["flux"][row] == pytest.approx(flux, rel=0.03 if flux >= 2e4 else 0.1)
+        assert table["snr"][row] == pytest.approx(table["flux"][row] / table["flux_err"][row])
+        assert table["peak"][row] > SKY + 0.05 * flux  # peak includes the background
+    assert np.median(table["fwhm"]) == pytest.approx(3.0, rel=0.05)
+    assert np.median(table["background"]) == pytest.approx(SKY, abs=1.0)
+
+
+def test_detection_leaves_input_unchanged_and_accepts_float32_big_endian(gaussian_field):
+    stars, image = gaussian_field
+    before = image.copy()
+    big_endian = MaskedImage(
+        image.image.astype(">f4"), image.mask, image.variance.astype(">f4"), xy0=image.xy0
+    )
+    table = detect_sources(big_endian)
+    assert len(table) == len(stars)
+    np.testing.assert_array_equal(image.image, before.image)
+    np.testing.assert_array_equal(image.variance, before.variance)
+    np.testing.assert_array_equal(image.mask, before.mask)
+
+
+def test_nan_pixels_are_ignored_with_a_warning(gaussian_field):
+    stars, image = gaussian_field
+    image = image.copy()
+    image.image[150:160, 0:30] = np.nan
+    with pytest.warns(MaskedPixelsWarning, match="300 unmasked pixels"):
+        table = detect_sources(image)
+    assert len(table) == len(stars)
+    image.set_mask_plane("NO_DATA", ~np.isfinite(image.image))
+    assert len(detect_sources(image)) == len(stars)  # masked NaNs: no warning
+
+
+def test_all_masked_is_an_error(gaussian_field):
+    image = gaussian_field[1].copy()
+    image.set_mask_plane("BAD", np.ones(image.shape, dtype=bool))
+    with pytest.raises(DiffimValueError, match="all 102400 pixels are masked"):
+        detect_sources(image)
+
+
+def test_blank_image_gives_empty_tables_and_fwhm_error():
+    image = make_image(np.zeros((0, 3)), shape=(100, 100), profile=gaussian(3.0), seed=9)
+    assert len(detect_sources(image)) == 0
+    selected = select_kernel_sources(image, stamp_half_width=10, return_all=True)
+    assert len(selected) == 0
+    assert "reject_reason" in selected.colnames
+    with pytest.raises(InsufficientKernelSourcesError, match="0 usable kernel stars"):
+        measure_fwhm(image)
+
+
+def test_non_masked_image_is_an_error(gaussian_field):
+    with pytest.raises(DiffimValueError, match="expected a MaskedImage, got ndarray"):
+        detect_sources(gaussian_field[1].image)
+
+
+def test_zero_variance_falls_back_to_background_rms(gaussian_field):
+    stars, image = gaussian_field
+    image = MaskedImage(image.image, image.mask, xy0=image.xy0)
+    table = detect_sources(image)
+    assert len(table) == len(stars)
+    assert np.all(table["snr"] > 10)
+
+
+# -- selection -----------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=["gauss3", "moffat4"])
+def contaminated_field(request):
+    """A grid of good stars plus, in some grid cells, the objects selection must refuse.
+
+    With the FWHM-4 Moffat PSF sep cannot deblend the unequal 6 px pair: its rejection
+    rests on the shape tests."""
+    profile, fwhm = {"gauss3": (gaussian(3.0), 3.0), "moffat4": (moffat(4.0, 3.0), 4.0)}[
+        request.param
+    ]
+    stars = star_grid(seed=3, flux_range=(1e4, 8e4))
+    keep = np.ones(len(stars), dtype=bool)
+    keep[[9, 12, 20, 23, 30, 33]] = False  # cells reused for the planted objects
+    cells = stars[~keep, :2]
+    planted = {
+        "saturated": [(*cells[0], 1e6)],
+        "masked": [(*cells[1], 3e4)],
+        "pair_equal": [(*cells[2], 3e4), (cells[2][0] + 6.0, cells[2][1], 3e4)],
+        "pair_half": [(*cells[3], 3e4), (cells[3][0], cells[3][1] + 6.0, 1.5e4)],
+    }
+    good = stars[keep]
+    image = make_image(
+        np.concatenate([good, *(np.array(v) for v in planted.values())]),
+        profile=profile,
+        seed=4,
+    )
+    galaxy = np.zeros(image.shape)
+    add_star(galaxy, *cells[4], 1e5, gaussian(3.0 * fwhm), half=40)  # sigma 3x the PSF's
+    image.image += galaxy
+    image.variance += galaxy
+    planted["galaxy"] = [(*cells[4], 1e5)]
+    bad_pixel = (round(cells[1][1]) - 3, round(cells[1][0]) + 5)  # inside a +-12 px stamp
+    image.set_mask_plane("BAD", np.isin(np.arange(image.image.size), [np.ravel_multi_index(
+        bad_pixel, image.shape)]).reshape(image.shape))  # fmt: skip
+    clipped = image.image >= SATURATION
+    image.image[clipped] = SATURATION
+    image.set_mask_plane("SAT", clipped)
+    return good, planted, image
+
+
+def reasons_at(table, objects):
+    """The reject_reason of the detection nearest each planted object (within 4 px)."""
+    reasons = []
+    for x, y, _ in objects:
+        row, distance = nearest(table, x, y)
+        reasons.append(table["reject_reason"][row] if distance < 4 else "undetected")
+    return reasons
+
+
+@pytest.mark.parametrize(
+    ("saturation", "bad_mask_bits", "saturated_reason"),
+    [(SATURATION, None, "saturated"), (None, None, "masked"), (SATURATION, 0, "saturated")],
+)
+def test_selection_rejects_bad_objects(
+    contaminated_field, saturation, bad_mask_bits, saturated_reason
+):
+    """Saturated, masked, blended/paired and extended objects are never kept; at least 90%
+    of the good isolated stars are."""
+    good, planted, image = contaminated_field
+    if bad_mask_bits == 0:
+        bad_mask_bits = image.bitmask("BAD")  # SAT not a bad bit: only the peak test
+    table = select_kernel_sources(
+        image,
+        stamp_half_width=12,
+        saturation=saturation,
+        bad_mask_bits=bad_mask_bits,
+        return_all=True,
+    )
+    assert reasons_at(table, planted["saturated"]) == [saturated_reason]
+    assert reasons_at(table, planted["masked"]) == ["masked"]
+    assert reasons_at(table, planted["galaxy"]) == ["extended"]
+    for name in ("pair_equal", "pair_half"):
+        for reason in reasons_at(table, planted[name]):
+            assert reason in {"blended", "not isolated", "elongated", "extended", "undetected"}
+    kept = table[table["selected"]]
+    for objects in planted.values():
+        for x, y, _ in objects:
+            assert np.hypot(kept["x"] - x, kept["y"] - y).min() > 4
+    assert sum(nearest(kept, x, y)[1] < 0.5 for x, y, _ in good) >= 0.9 * len(good)
+    assert np.all(kept["reject_reason"] == "")
+    failed = np.any([table[name] for name in REJECT_REASONS], axis=0)
+    np.testing.assert_array_equal(table["selected"], ~failed)
+
+
+def test_selection_default_is_sorted_and_capped(contaminated_field):
+    image = contaminated_field[2]
+    everything = select_kernel_sources(image, stamp_half_width=10, saturation=SATURATION)
+    assert len(everything) > 5
+    assert np.all(np.diff(everything["snr"]) <= 0)
+    capped = select_kernel_sources(
+        image, stamp_half_width=10, saturation=SATURATION, max_sources=5
+    )
+    np.testing.assert_array_equal(capped["id"], everything["id"][:5])
+
+
+def test_selection_snr_limits(contaminated_field):
+    image = contaminated_field[2]
+    kept = select_kernel_sources(image, stamp_half_width=10, min_snr=50.0, max_snr=150.0)
+    assert len(kept) > 0
+    assert np.all((kept["snr"] >= 50.0) & (kept["snr"] <= 150.0))
+
+
+def test_stamp_leaving_the_image_is_flagged_not_rejected():
+    """A star 7 px from the edge: its +-10 px stamp leaves the image, which only sets edge."""
+    stars = np.array([[7.0, 60.0, 3e4], [60.0, 60.0, 3e4], [60.0, 7.5, 3e4]])
+    image = make_image(stars, shape=(120, 120), profile=gaussian(3.0), seed=5)
+    table = select_kernel_sources(image, stamp_half_width=10, return_all=True)
+    edge = [table["edge"][nearest(table, x, y)[0]] for x, y, _ in stars]
+    assert edge == [True, False, True]
+    assert np.all(table["selected"])
+
+
+# -- FWHM ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("profile", "fwhm"),
+    [
+        (gaussian(3.0), 3.0),
+        (gaussian(5.0), 5.0),
+        (moffat(4.0, 3.0), 4.0),
+        (moffat(4.0, 2.5), 4.0),
+        (moffat(3.5, 4.0), 3.5),
+    ],
+    ids=["gauss3", "gauss5", "moffat3-beta3", "moffat4-beta2.5", "moffat3.5-beta4"],
+)
+def test_measure_fwhm_recovers_the_true_fwhm(profile, fwhm):
+    """The fitted profile reaches the Gaussian limit, so both families give their FWHM."""
+    stars = star_grid(seed=6, flux_range=(1e4, 1e5))
+    image = make_image(stars, profile=profile, seed=7)
+    assert measure_fwhm(image) == pytest.approx(fwhm, rel=0.03)
+
+
+def test_measure_fwhm_from_given_sources(gaussian_field):
+    image = gaussian_field[1]
+    sources = select_kernel_sources(image, stamp_half_width=8)
+    assert measure_fwhm(image, sources) == pytest.approx(3.0, rel=0.03)
+    assert measure_fwhm(image, sources["x", "y"], fwhm_pix=3.5) == pytest.approx(3.0, rel=0.03)
+
+
+def test_measure_fwhm_needs_three_stars():
+    stars = np.array([[40.0, 40.0, 3e4], [90.0, 80.0, 3e4]])
+    image = make_image(stars, shape=(128, 128), profile=gaussian(3.0), seed=8)
+    with pytest.raises(InsufficientKernelSourcesError, match="2 usable kernel stars, 3") as info:
+        measure_fwhm(image)
+    assert (info.value.n_usable, info.value.n_required) == (2, 3)
