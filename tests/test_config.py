@@ -293,16 +293,16 @@ def test_overrides_from_the_brief():
         [
             "kernelSize=25",
             "kernel.active.alardDegGauss=[4,2,2]",
-            "fitForBackground=true",
+            "fitForBackground=false",
             "kernel.name=DF",
             "kernelSize=19",
         ]
     )
     assert config.kernel.AL.kernelSize == 25
-    assert config.kernel.AL.fitForBackground is True
+    assert config.kernel.AL.fitForBackground is False
     assert config.kernel.name == "DF"
     assert config.kernel.DF.kernelSize == 19  # bare names follow the active kernel
-    assert config.kernel.DF.fitForBackground is False
+    assert config.kernel.DF.fitForBackground is True
 
 
 @pytest.mark.parametrize(
@@ -428,7 +428,7 @@ def test_pickle_and_deepcopy():
 def test_from_dict_is_partial_and_strict():
     config = ImagePsfMatchConfig.from_dict({"kernel": {"name": "DF", "DF": {"kernelSize": 15}}})
     assert config.kernel.active.kernelSize == 15
-    assert PsfMatchConfigAL() == config.kernel.AL
+    assert PsfMatchConfigAL(fitForBackground=True) == config.kernel.AL
     with pytest.raises(DiffimConfigError, match=r"'kernel.DF.kernelSise'.*'kernelSize'"):
         ImagePsfMatchConfig.from_dict({"kernel": {"DF": {"kernelSise": 15}}})
     with pytest.raises(DiffimConfigError, match=r"^kernel\.AL\.kernelSize=20 must be odd"):
@@ -468,3 +468,11 @@ def test_kernel_choice_round_trip():
     choice = KernelChoice(name="DF")
     assert KernelChoice.from_dict(choice.to_dict()) == choice
     assert choice.active.kernelBasisSet == "delta-function"
+
+
+def test_image_psf_match_kernels_fit_a_background_by_default():
+    """The bare kernel configs keep ip_diffim's legacy default; the task's config fits one."""
+    assert PsfMatchConfigAL().fitForBackground is False
+    config = ImagePsfMatchConfig()
+    assert config.kernel.AL.fitForBackground is True
+    assert config.kernel.DF.fitForBackground is True

@@ -737,14 +737,22 @@ class PsfMatchConfigDF(PsfMatchConfig):
 
 @dataclass(kw_only=True)
 class KernelChoice(ConfigBase):
-    """Both kernel configs and which one is active (``config.kernel.name = "DF"``)."""
+    """Both kernel configs and which one is active (``config.kernel.name = "DF"``).
+
+    Unlike the bare `PsfMatchConfig` (whose ``fitForBackground`` default is ip_diffim's
+    legacy ``False``, for sky-subtracted inputs), the kernels of an `ImagePsfMatchConfig`
+    fit a differential background by default, as ip_diffim's newer AlardLuptonSubtractTask
+    does: images that still contain sky, or sky residuals, then subtract cleanly.
+    """
 
     name: Literal["AL", "DF"] = param("AL", "Active kernel family: AL or DF.")
     AL: PsfMatchConfigAL = dataclasses.field(
-        default_factory=PsfMatchConfigAL, metadata={"doc": "Alard-Lupton kernel settings."}
+        default_factory=lambda: PsfMatchConfigAL(fitForBackground=True),
+        metadata={"doc": "Alard-Lupton kernel settings."},
     )
     DF: PsfMatchConfigDF = dataclasses.field(
-        default_factory=PsfMatchConfigDF, metadata={"doc": "Delta-function kernel settings."}
+        default_factory=lambda: PsfMatchConfigDF(fitForBackground=True),
+        metadata={"doc": "Delta-function kernel settings."},
     )
 
     @property

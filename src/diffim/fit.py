@@ -1,0 +1,365 @@
+"""The kernel-fitting stages and their iteration (spec §3.9, §3.11).
+
+The stages follow ip_diffim's visitors, in order:
+
+1. **single kernels**: fit a kernel to each of the best ``nStarPerCell`` candidates of every
+   cell; reject those whose normalised residuals ``D/σ`` have ``|mean|`` or ``std`` above the
+   limits, and fit replacements until a pass rejects nothing;
+2. **kernel sums**: sigma-clip the candidates' kernel sums (variable stars, stars saturated
+   in one image only); any rejection restarts at stage 1;
+3. **spatial fit**: fit the spatially varying kernel and background to all good candidates;
+4. **assessment**: re-compute each candidate's residuals with the spatial model and reject
+   the bad ones; if any was rejected, go back to stage 1 (at most
+   ``maxSpatialIterations`` times).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .candidates import CandidateStatus, KernelCandidate, SpatialCellSet
+from .errors import KernelSolutionError, NoKernelCandidatesError
+from .solve import (
+    Regularization,
+    SpatialSolution,
+    build_single_kernel,
+    candidate_residuals,
+    residual_statistics,
+    solve_spatial_kernel,
+)
+
+__all__ = ["FitResult", "FitSettings", "clipped_mean_std", "fit_spatial_kernel"]
+
+log = logging.getLogger(__name__)
+
+#: Converts an interquartile range to the sigma of a Gaussian (afw's constant).
+IQR_TO_SIGMA = 0.741301109
+
+STAGE_BUILD = "singleKernel"
+STAGE_KSUM = "kernelSum"
+STAGE_SPATIAL = "spatial"
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything the fitting stages need, taken once from the configuration.
+
+    The fields mirror ip_diffim's config fields (in snake_case); see `diffim.config`.
+    """
+
+    n_star_per_cell: int = 3
+    max_spatial_iterations: int = 3
+    fit_background: bool = False
+    model_type: Literal["chebyshev1", "polynomial"] = "chebyshev1"
+    kernel_order: int = 2
+    background_order: int = 1
+    constant_first_term: bool = True
+    single_kernel_clipping: bool = True
+    kernel_sum_clipping: bool = True
+    spatial_kernel_clipping: bool = True
+    residual_mean_max: float = 0.25
+    residual_std_max: float = 1.5
+    max_ksum_sigma: float = 3.0
+    check_condition_number: bool = False
+    max_condition_number: float = 5.0e7
+    condition_number_type: Literal["EIGENVALUE", "SVD"] = "EIGENVALUE"
+    use_core_stats: bool = False
+    core_radius: int = 3
+    constant_variance_weighting: bool = True
+    iterate_single_kernel: bool = False
+    bad_mask_bits: int = 0
+
+
+@dataclass
+class FitResult:
+    """Outcome of `fit_spatial_kernel`.
+
+    Attributes
+    ----------
+    solution : SpatialSolution
+        Spatial kernel, background and the condition number of the spatial system.
+    rejected : dict of str to int
+        Candidates rejected per stage (``singleKernel``, ``kernelSum``, ``spatial``).
+    kernel_sum_mean, kernel_sum_std : float
+        Clipped mean and standard deviation of the candidates' kernel sums.
+    n_good : int
+        Candidates GOOD after the last assessment.
+    spatial_residual_mean, spatial_residual_std : float
+        Mean over GOOD candidates of the spatial model's residual mean and std of ``D/σ``.
+    iterations : int
+        Spatial iterations run.
+    """
+
+    solution: SpatialSolution
+    rejected: dict[str, int] = field(default_factory=dict)
+    kernel_sum_mean: float = float("nan")
+    kernel_sum_std: float = float("nan")
+    n_good: int = 0
+    spatial_residual_mean: float = float("nan")
+    spatial_residual_std: float = float("nan")
+    iterations: int = 0
+
+
+def clipped_mean_std(
+    values: np.ndarray, n_sigma: float = 3.0, n_iterations: int = 3
+) -> tuple[float, float]:
+    """Return afw's MEANCLIP and STDEVCLIP of a sample.
+
+    Pass 0 keeps values within ``n_sigma · 0.7413 · IQR`` of the median; every later pass
+    keeps those within ``n_sigma`` standard deviations of the previous pass's mean.  The
+    variance is the unbiased ``n/(n-1)`` one; the result comes from the last pass.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 1:
+        return float(values[0]), 0.0
+    q25, median, q75 = np.percentile(values, [25, 50, 75])
+    center, half_width = median, n_sigma * IQR_TO_SIGMA * (q75 - q25)
+    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+    for _ in range(n_iterations):
+        kept = values[np.abs(values - center) <= half_width]
+        if kept.size == 0:
+            break
+        mean = float(kept.mean())
+        std = float(kept.std(ddof=1)) if kept.size > 1 else 0.0
+        center, half_width = mean, n_sigma * std
+    return mean, std
+
+
+def _assess(
+    candidate: KernelCandidate,
+    kernel_image: np.ndarray,
+    background: float,
+    stage: str,
+    clip: bool,
+    settings: FitSettings,
+) -> bool:
+    """Measure a candidate's residuals; mark it GOOD or BAD; return True if rejected."""
+    mean, std, _ = residual_statistics(
+        candidate,
+        kernel_image,
+        background,
+        bad_mask_bits=settings.bad_mask_bits,
+        core_radius=settings.core_radius if settings.use_core_stats else None,
+    )
+    candidate.residuals[stage] = (mean, std)
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        candidate.reject(stage, "residual statistics are not finite")
+        return True
+    if clip and abs(mean) > settings.residual_mean_max:
+        candidate.reject(stage, f"|mean(D/σ)| = {abs(mean):.3g} > {settings.residual_mean_max}")
+        return True
+    if clip and std > settings.residual_std_max:
+        candidate.reject(stage, f"std(D/σ) = {std:.3g} > {settings.residual_std_max}")
+        return True
+    candidate.status = CandidateStatus.GOOD
+    return False
+
+
+def _build_candidate(
+    candidate: KernelCandidate,
+    basis: np.ndarray,
+    settings: FitSettings,
+    regularization: Regularization | None,
+) -> bool:
+    """Fit one candidate's kernel and assess it; return True if it was rejected."""
+    options = {
+        "fit_background": settings.fit_background,
+        "constant_variance_weighting": settings.constant_variance_weighting,
+        "regularization": regularization,
+        "condition_number_type": settings.condition_number_type,
+        "max_condition_number": (
+            settings.max_condition_number if settings.check_condition_number else None
+        ),
+    }
+    try:
+        solution = build_single_kernel(candidate, basis, **options)
+        if settings.iterate_single_kernel and not settings.constant_variance_weighting:
+            _, variance, _ = candidate_residuals(
+                candidate, solution.kernel_image, solution.background, 0
+            )
+            solution = build_single_kernel(candidate, basis, variance=variance, **options)
+    except KernelSolutionError as error:
+        candidate.reject(STAGE_BUILD, str(error))
+        return True
+    candidate.solutions["ORIG"] = solution
+    return _assess(
+        candidate,
+        solution.kernel_image,
+        solution.background,
+        STAGE_BUILD,
+        settings.single_kernel_clipping,
+        settings,
+    )
+
+
+def _build_single_kernels(
+    cell_set: SpatialCellSet,
+    basis: np.ndarray,
+    settings: FitSettings,
+    regularization: Regularization | None,
+    rejected: Counter,
+) -> None:
+    """Fit every visited, not yet built candidate; repeat until a pass rejects none."""
+    while True:
+        n_rejected = 0
+        for candidate in cell_set.visit(settings.n_star_per_cell):
+            if not candidate.is_built:
+                n_rejected += _build_candidate(candidate, basis, settings, regularization)
+        rejected[STAGE_BUILD] += n_rejected
+        log.debug("single-kernel pass: %d rejected", n_rejected)
+        if n_rejected == 0:
+            return
+
+
+def _clip_kernel_sums(
+    cell_set: SpatialCellSet, settings: FitSettings, rejected: Counter
+) -> tuple[int, float, float]:
+    """Sigma-clip the candidates' kernel sums; return (n rejected, mean, std).
+
+    A candidate is rejected when ``|κ - mean| > maxKsumSigma · sqrt(std² + err²)``, with
+    ``mean`` and ``std`` afw's clipped statistics of the visited candidates and ``err`` the
+    candidate's own least-squares kernel-sum uncertainty.  ip_diffim uses ``std`` alone; as
+    rejected candidates are replaced and the statistics recomputed on ever fewer, similar
+    values, ``std`` can shrink below the measurement noise and reject good stars one after
+    the other.  With noise-free sums (``err = 0``) both rules agree.
+    """
+    visited = list(cell_set.visit(settings.n_star_per_cell))
+    if not visited:
+        raise NoKernelCandidatesError(len(cell_set), dict(rejected), STAGE_KSUM)
+    sums = np.array([c.solutions["ORIG"].kernel_sum for c in visited])
+    errors = np.array([c.solutions["ORIG"].kernel_sum_error for c in visited])
+    mean, std = clipped_mean_std(sums)
+    if not np.isfinite(mean):
+        raise NoKernelCandidatesError(len(cell_set), dict(rejected), STAGE_KSUM)
+    thresholds = settings.max_ksum_sigma * np.sqrt(std**2 + np.nan_to_num(errors) ** 2)
+    n_rejected = 0
+    if settings.kernel_sum_clipping:
+        for candidate, kernel_sum, threshold in zip(visited, sums, thresholds, strict=True):
+            if abs(kernel_sum - mean) > threshold:
+                candidate.reject(
+                    STAGE_KSUM,
+                    f"kernel sum {kernel_sum:.4g} differs from the mean {mean:.4g} by more "
+                    f"than {settings.max_ksum_sigma} σ ({threshold / settings.max_ksum_sigma:.3g})",
+                )
+                n_rejected += 1
+    rejected[STAGE_KSUM] += n_rejected
+    log.debug("kernel-sum clipping: mean %.5g std %.3g, %d rejected", mean, std, n_rejected)
+    return n_rejected, mean, std
+
+
+def _solve_spatial(
+    cell_set: SpatialCellSet, basis: np.ndarray, settings: FitSettings, rejected: Counter
+) -> SpatialSolution:
+    candidates = [c for c in cell_set.visit(settings.n_star_per_cell) if c.is_built]
+    if not candidates:
+        raise NoKernelCandidatesError(len(cell_set), dict(rejected), STAGE_SPATIAL)
+    return solve_spatial_kernel(
+        candidates,
+        basis,
+        bbox=cell_set.bbox,
+        model_type=settings.model_type,
+        kernel_order=settings.kernel_order,
+        background_order=settings.background_order if settings.fit_background else None,
+        constant_first_term=settings.constant_first_term,
+        condition_number_type=settings.condition_number_type,
+    )
+
+
+def _assess_spatial(
+    cell_set: SpatialCellSet, solution: SpatialSolution, settings: FitSettings, clip: bool
+) -> tuple[int, int]:
+    """Assess the visited candidates with the spatial model; return (n good, n rejected)."""
+    n_good = n_rejected = 0
+    for candidate in cell_set.visit(settings.n_star_per_cell):
+        kernel_image = solution.kernel.image_at(candidate.x, candidate.y)
+        background = float(solution.background(candidate.x, candidate.y))
+        if _assess(candidate, kernel_image, background, STAGE_SPATIAL, clip, settings):
+            n_rejected += 1
+        else:
+            n_good += 1
+    return n_good, n_rejected
+
+
+def fit_spatial_kernel(
+    cell_set: SpatialCellSet,
+    basis: np.ndarray,
+    settings: FitSettings,
+    regularization: Regularization | None = None,
+) -> FitResult:
+    """Run the fitting stages on a cell set and return the spatial solution.
+
+    Parameters
+    ----------
+    cell_set : SpatialCellSet
+        Candidates; their status, solutions and residuals are updated in place.
+    basis : numpy.ndarray, shape (n_basis, size, size)
+        Basis kernels.
+    settings : FitSettings
+        Clipping limits, spatial orders, weighting.
+    regularization : Regularization, optional
+        Penalty for the per-candidate fits (delta-function basis).
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    NoKernelCandidatesError
+        When a stage is left without any usable candidate.
+    """
+    rejected: Counter = Counter({STAGE_BUILD: 0, STAGE_KSUM: 0, STAGE_SPATIAL: 0})
+    iteration = 0
+    n_spatial_rejected = 0
+    ksum_mean = ksum_std = float("nan")
+    solution = None
+    while iteration < settings.max_spatial_iterations:
+        _build_single_kernels(cell_set, basis, settings, regularization, rejected)
+        n_ksum_rejected, ksum_mean, ksum_std = _clip_kernel_sums(cell_set, settings, rejected)
+        if n_ksum_rejected:
+            continue
+        solution = _solve_spatial(cell_set, basis, settings, rejected)
+        n_good, n_spatial_rejected = _assess_spatial(
+            cell_set, solution, settings, settings.spatial_kernel_clipping
+        )
+        rejected[STAGE_SPATIAL] += n_spatial_rejected
+        log.info(
+            "spatial iteration %d: %d candidates good, %d rejected",
+            iteration + 1,
+            n_good,
+            n_spatial_rejected,
+        )
+        if n_good == 0 and n_spatial_rejected == 0:
+            raise NoKernelCandidatesError(len(cell_set), dict(rejected), STAGE_SPATIAL)
+        if n_spatial_rejected == 0:
+            break
+        iteration += 1
+    if solution is None or n_spatial_rejected:
+        # Replacements of the last rejected candidates are fitted and clipped, then the
+        # spatial model is solved once more (ip_diffim re-solves without building them).
+        _build_single_kernels(cell_set, basis, settings, regularization, rejected)
+        _, ksum_mean, ksum_std = _clip_kernel_sums(cell_set, settings, rejected)
+        solution = _solve_spatial(cell_set, basis, settings, rejected)
+        _assess_spatial(cell_set, solution, settings, clip=False)
+    good = [
+        c
+        for c in cell_set.visit(settings.n_star_per_cell)
+        if c.status is CandidateStatus.GOOD and STAGE_SPATIAL in c.residuals
+    ]
+    means = [c.residuals[STAGE_SPATIAL][0] for c in good]
+    stds = [c.residuals[STAGE_SPATIAL][1] for c in good]
+    return FitResult(
+        solution=solution,
+        rejected=dict(rejected),
+        kernel_sum_mean=ksum_mean,
+        kernel_sum_std=ksum_std,
+        n_good=len(good),
+        spatial_residual_mean=float(np.mean(means)) if means else float("nan"),
+        spatial_residual_std=float(np.mean(stds)) if stds else float("nan"),
+        iterations=iteration + 1,
+    )

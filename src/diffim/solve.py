@@ -1,0 +1,404 @@
+"""Least-squares kernel solutions: one star at a time, and the spatial model over all stars.
+
+Per candidate (spec §3.7): with ``C_i = (T ⋆ B_i)`` over the stamp shrunk by the kernel
+half-width, ``d`` the science stamp there and ``w = 1 / var``, solve the normal equations
+``M a = b`` with ``M = Cᵀ W C`` and ``b = Cᵀ W d`` (a column of ones appended to ``C`` when a
+differential background is fitted).
+
+Spatial model (spec §3.11): with ``a = A(x, y) θ`` mapping spatial parameters to one star's
+coefficients, solve ``(Σ Aᵀ M A) θ = Σ Aᵀ b`` over the candidates.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.linalg
+
+from .candidates import KernelCandidate, KernelSolution
+from .convolve import correlate_valid_stack
+from .errors import KernelSolutionError
+from .image import BBox
+from .spatial import SpatialBackground, SpatialFunction, SpatialKernel
+
+__all__ = [
+    "Regularization",
+    "SpatialSolution",
+    "build_single_kernel",
+    "candidate_residuals",
+    "condition_number",
+    "residual_statistics",
+    "solve_normal_equations",
+    "solve_spatial_kernel",
+]
+
+ConditionNumberType = Literal["EIGENVALUE", "SVD"]
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """A penalty ``lam · H`` added to each candidate's normal matrix (delta-function basis).
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray, shape (n, n)
+        The regularization matrix ``H`` (background row and column zero).
+    lambda_value : float
+        Absolute weight, used when ``relative_scaling`` is None.
+    relative_scaling : float or None
+        If given, ``lam = relative_scaling · tr(M) / tr(H)``.
+    """
+
+    matrix: np.ndarray
+    lambda_value: float = 0.0
+    relative_scaling: float | None = None
+
+    def weight(self, normal_matrix: np.ndarray) -> float:
+        """Return ``lam`` for one candidate's normal matrix."""
+        if self.relative_scaling is None:
+            return self.lambda_value
+        return self.relative_scaling * np.trace(normal_matrix) / np.trace(self.matrix)
+
+
+def solve_normal_equations(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Solve the symmetric system ``matrix @ x = vector``, robustly.
+
+    An LU factorisation is used when the matrix is invertible (every pivot above
+    ``n · eps · max|pivot|``); otherwise the eigen-decomposition pseudo-inverse, which
+    drops eigenvalues below ``n · eps · max|eigenvalue|`` (ip_diffim drops only exact zeros,
+    which lets round-off noise into the solution).
+
+    Raises
+    ------
+    KernelSolutionError
+        If the solution is not finite.
+    """
+    n = matrix.shape[0]
+    tiny = n * np.finfo(float).eps
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        lu, pivots = scipy.linalg.lu_factor(matrix, check_finite=False)
+    diag = np.abs(np.diag(lu))
+    if np.all(np.isfinite(diag)) and diag.min() > tiny * diag.max():
+        solution = scipy.linalg.lu_solve((lu, pivots), vector, check_finite=False)
+    else:
+        eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+        keep = np.abs(eigenvalues) > tiny * np.abs(eigenvalues).max()
+        projected = eigenvectors.T @ vector
+        solution = eigenvectors[:, keep] @ (projected[keep] / eigenvalues[keep])
+    if not np.all(np.isfinite(solution)):
+        msg = "unable to determine kernel solution: the normal equations gave NaN coefficients"
+        raise KernelSolutionError(msg)
+    return solution
+
+
+def condition_number(matrix: np.ndarray, kind: ConditionNumberType = "EIGENVALUE") -> float:
+    """Return ``λmax/λmin`` (EIGENVALUE; may be negative) or ``σmax/σmin`` (SVD) of a matrix."""
+    if kind == "SVD":
+        values = np.linalg.svd(matrix, compute_uv=False)
+        return float(values[0] / values[-1]) if values[-1] != 0 else float("inf")
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    return float(eigenvalues[-1] / eigenvalues[0]) if eigenvalues[0] != 0 else float("inf")
+
+
+def _weights(candidate: KernelCandidate, constant_variance_weighting: bool) -> np.ndarray | float:
+    """Return the inverse-variance weights of a candidate's stamp (spec §3.6 steps 1-2)."""
+    variance = candidate.science.variance + candidate.template.variance
+    if constant_variance_weighting:
+        median = float(np.median(variance))
+        return 1.0 / median if median > 0 else 1.0
+    if np.any(variance < 0):
+        msg = f"candidate {candidate.candidate_id}: variance less than 0.0 in its stamp"
+        raise KernelSolutionError(msg)
+    if np.any(variance == 0):
+        msg = (
+            f"candidate {candidate.candidate_id}: zero variance in its stamp, cannot inverse "
+            "variance weight; set constantVarianceWeighting=True or fix the variance planes"
+        )
+        raise KernelSolutionError(msg)
+    return 1.0 / variance
+
+
+def _crop(array: np.ndarray, half_width: int) -> np.ndarray:
+    return array[
+        half_width : array.shape[0] - half_width, half_width : array.shape[1] - half_width
+    ]
+
+
+def build_single_kernel(
+    candidate: KernelCandidate,
+    basis: np.ndarray,
+    *,
+    fit_background: bool,
+    constant_variance_weighting: bool = True,
+    regularization: Regularization | None = None,
+    condition_number_type: ConditionNumberType = "EIGENVALUE",
+    max_condition_number: float | None = None,
+    variance: np.ndarray | None = None,
+) -> KernelSolution:
+    """Fit one candidate's kernel (and background) by weighted linear least squares.
+
+    Parameters
+    ----------
+    candidate : KernelCandidate
+        The stamps; the fit uses the stamp shrunk by the kernel half-width.
+    basis : numpy.ndarray, shape (n_basis, size, size)
+        Basis kernels.
+    fit_background : bool
+        Also fit a constant background under the stamp.
+    constant_variance_weighting : bool
+        Weight every pixel by the stamp's median ``var_science + var_template``.
+    regularization : Regularization, optional
+        Penalty added to the normal matrix (the stored ``M`` stays unregularised).
+    condition_number_type : {"EIGENVALUE", "SVD"}
+        How the condition number is measured.
+    max_condition_number : float, optional
+        If given and exceeded, raise instead of solving.
+    variance : numpy.ndarray, optional
+        Per-pixel variance of the fit region (stamp shrunk by the kernel half-width) to
+        weight by instead of the stamps' variance planes, e.g. the variance of a first
+        fit's difference (``iterateSingleKernel``).
+
+    Returns
+    -------
+    KernelSolution
+
+    Raises
+    ------
+    KernelSolutionError
+        Bad variance, a condition number above the limit, or a non-finite solution.
+    """
+    half_width = basis.shape[1] // 2
+    design = correlate_valid_stack(candidate.template.image, basis)
+    n_basis = design.shape[0]
+    columns = design.reshape(n_basis, -1).T
+    if fit_background:
+        columns = np.hstack([columns, np.ones((columns.shape[0], 1))])
+    data = _crop(candidate.science.image, half_width).ravel().astype(float)
+    if variance is not None:
+        weights = 1.0 / variance.ravel()[:, None]
+    else:
+        weights = _weights(candidate, constant_variance_weighting)
+        if not np.isscalar(weights):
+            weights = _crop(weights, half_width).ravel()[:, None]
+    weighted = columns * weights
+    matrix = columns.T @ weighted
+    vector = weighted.T @ data
+    cond = float("nan")
+    if max_condition_number is not None:
+        cond = condition_number(matrix, condition_number_type)
+        if not 0 < cond <= max_condition_number:
+            msg = f"condition number {cond:.3g} outside (0, {max_condition_number:.3g}]"
+            raise KernelSolutionError(msg)
+    system = matrix
+    if regularization is not None:
+        system = matrix + regularization.weight(matrix) * regularization.matrix
+    solution = solve_normal_equations(system, vector)
+    coefficients = solution[:n_basis]
+    sums = np.zeros(len(vector))
+    sums[:n_basis] = basis.sum(axis=(1, 2))
+    sum_variance = float(sums @ solve_normal_equations(system, sums))
+    return KernelSolution(
+        coefficients=coefficients,
+        background=float(solution[n_basis]) if fit_background else 0.0,
+        kernel_image=np.tensordot(coefficients, basis, axes=1),
+        normal_matrix=matrix,
+        normal_vector=vector,
+        condition_number=cond,
+        kernel_sum_error=float(np.sqrt(max(sum_variance, 0.0))),
+    )
+
+
+def candidate_residuals(
+    candidate: KernelCandidate, kernel_image: np.ndarray, background: float, bad_mask_bits: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return a candidate's difference ``I - (K ⋆ T + b)`` over its fit region.
+
+    Returns
+    -------
+    difference, variance : numpy.ndarray
+        Difference (science units) and its variance ``var_I + K² ⋆ var_T``.
+    usable : numpy.ndarray of bool
+        False where a bad-plane bit of the science pixel, or of any template pixel under
+        the kernel footprint, is set.
+    """
+    half_width = kernel_image.shape[0] // 2
+    stacked = np.stack([kernel_image, kernel_image**2])
+    template = candidate.template
+    convolved = correlate_valid_stack(template.image, stacked[:1])[0]
+    variance = correlate_valid_stack(template.variance, stacked[1:])[0]
+    difference = _crop(candidate.science.image, half_width) - convolved - background
+    variance = variance + _crop(candidate.science.variance, half_width)
+    template_bad = (template.mask & bad_mask_bits) != 0
+    if template_bad.any():
+        box = np.ones((1,) + kernel_image.shape)
+        template_bad = correlate_valid_stack(template_bad.astype(float), box)[0] > 0
+    else:
+        template_bad = np.zeros(difference.shape, dtype=bool)
+    science_bad = (_crop(candidate.science.mask, half_width) & bad_mask_bits) != 0
+    return difference, variance, ~(template_bad | science_bad)
+
+
+def residual_statistics(
+    candidate: KernelCandidate,
+    kernel_image: np.ndarray,
+    background: float,
+    *,
+    bad_mask_bits: int,
+    core_radius: int | None = None,
+) -> tuple[float, float, int]:
+    """Return the mean and standard deviation of ``D / σ`` on a candidate (spec §3.9 step 2).
+
+    Parameters
+    ----------
+    candidate : KernelCandidate
+        The stamps.
+    kernel_image : numpy.ndarray
+        Kernel image applied to the template stamp.
+    background : float
+        Background subtracted with it.
+    bad_mask_bits : int
+        Pixels flagged with these bits are ignored.
+    core_radius : int, optional
+        If given, use only the ``(2 r + 1)²`` core box around the stamp centre.
+
+    Returns
+    -------
+    mean, std : float
+        ``nan`` when fewer than two pixels are usable.
+    n : int
+        Number of pixels used.
+    """
+    difference, variance, usable = candidate_residuals(
+        candidate, kernel_image, background, bad_mask_bits
+    )
+    if core_radius is not None:
+        ny, nx = difference.shape
+        core = np.zeros_like(usable)
+        core[
+            max(ny // 2 - core_radius, 0) : ny // 2 + core_radius + 1,
+            max(nx // 2 - core_radius, 0) : nx // 2 + core_radius + 1,
+        ] = True
+        usable &= core
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalized = difference / np.sqrt(variance)
+    usable &= np.isfinite(normalized) & (variance > 0)
+    values = normalized[usable]
+    if values.size < 2:
+        return float("nan"), float("nan"), int(values.size)
+    return float(values.mean()), float(values.std(ddof=1)), int(values.size)
+
+
+@dataclass(frozen=True)
+class SpatialSolution:
+    """The spatial kernel and background fitted over all candidates."""
+
+    kernel: SpatialKernel
+    background: SpatialBackground
+    condition_number: float
+    n_candidates: int
+
+
+def _design(
+    x: float,
+    y: float,
+    n_basis: int,
+    kernel_function: SpatialFunction,
+    background_function: SpatialFunction | None,
+    constant_first_term: bool,
+) -> np.ndarray:
+    """Return ``A(x, y)`` mapping spatial parameters to one star's coefficients."""
+    kernel_terms = kernel_function.terms(x, y)
+    n_kt = kernel_terms.size
+    n_bg = 0 if background_function is None else background_function.n_terms
+    offset = 1 if constant_first_term else n_kt
+    n_params = offset + (n_basis - 1) * n_kt + n_bg
+    design = np.zeros((n_basis + (n_bg > 0), n_params))
+    if constant_first_term:
+        design[0, 0] = 1.0
+    else:
+        design[0, :n_kt] = kernel_terms
+    for m in range(1, n_basis):
+        start = offset + (m - 1) * n_kt
+        design[m, start : start + n_kt] = kernel_terms
+    if background_function is not None:
+        design[n_basis, n_params - n_bg :] = background_function.terms(x, y)
+    return design
+
+
+def solve_spatial_kernel(
+    candidates: Sequence[KernelCandidate],
+    basis: np.ndarray,
+    *,
+    bbox: BBox,
+    model_type: Literal["chebyshev1", "polynomial"],
+    kernel_order: int,
+    background_order: int | None,
+    constant_first_term: bool,
+    condition_number_type: ConditionNumberType = "EIGENVALUE",
+) -> SpatialSolution:
+    """Fit the spatial kernel and background to the candidates' normal equations.
+
+    Parameters
+    ----------
+    candidates : sequence of KernelCandidate
+        Built candidates; their latest (``recent``) normal equations are used, which must
+        match ``basis``.
+    basis : numpy.ndarray, shape (n_basis, size, size)
+        Basis kernels.
+    bbox : BBox
+        Domain of the spatial functions (the cell set box).
+    model_type : {"chebyshev1", "polynomial"}
+        Spatial function family.
+    kernel_order : int
+        Order of the kernel coefficients' polynomials.
+    background_order : int or None
+        Order of the background polynomial; None when no background is fitted.
+    constant_first_term : bool
+        Give basis 0 a single spatially constant coefficient (AL and PCA bases).
+    condition_number_type : {"EIGENVALUE", "SVD"}
+        For the reported condition number of the spatial system.
+
+    Returns
+    -------
+    SpatialSolution
+    """
+    n_basis = basis.shape[0]
+    kernel_function = SpatialFunction(model_type, kernel_order, bbox)
+    background_function = (
+        None if background_order is None else SpatialFunction(model_type, background_order, bbox)
+    )
+    matrix, vector = 0.0, 0.0
+    for candidate in candidates:
+        design = _design(
+            candidate.x,
+            candidate.y,
+            n_basis,
+            kernel_function,
+            background_function,
+            constant_first_term,
+        )
+        solution = candidate.recent
+        matrix = matrix + design.T @ solution.normal_matrix @ design
+        vector = vector + design.T @ solution.normal_vector
+    theta = solve_normal_equations(matrix, vector)
+    n_kt = kernel_function.n_terms
+    n_bg = 0 if background_function is None else background_function.n_terms
+    coefficients = np.zeros((n_basis, n_kt))
+    offset = 1 if constant_first_term else n_kt
+    coefficients[0, :offset] = theta[:offset]
+    coefficients[1:] = theta[offset : offset + (n_basis - 1) * n_kt].reshape(n_basis - 1, n_kt)
+    if background_function is None:
+        background = SpatialBackground.zero(bbox)
+    else:
+        background = SpatialBackground(background_function, theta[len(theta) - n_bg :])
+    return SpatialSolution(
+        kernel=SpatialKernel(basis, coefficients, kernel_function),
+        background=background,
+        condition_number=condition_number(matrix, condition_number_type),
+        n_candidates=len(candidates),
+    )

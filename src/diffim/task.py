@@ -1,0 +1,814 @@
+"""`ImagePsfMatchTask`: PSF-match a template to a science image and subtract (Alard-Lupton).
+
+The public methods keep ip_diffim's names and arguments (``matchMaskedImages``,
+``subtractMaskedImages``, ...); results are returned by name in frozen dataclasses whose
+fields are ip_diffim's (``matchedImage``, ``psfMatchingKernel``, ``backgroundModel``,
+``kernelCellSet``, ``subtractedMaskedImage``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+
+from ._version import __version__
+from .basis import BasisList, make_kernel_basis
+from .candidates import KernelCandidate, SpatialCellSet, candidate_rating, stamp_box
+from .config import ImagePsfMatchConfig
+from .convolve import convolve_masked_image
+from .errors import (
+    DeconvolutionWarning,
+    DiffimValueError,
+    NotRegisteredError,
+    InsufficientKernelSourcesError,
+    MaskedPixelsWarning,
+    PoorlyConstrainedWarning,
+)
+from .fit import FitResult, FitSettings, fit_spatial_kernel
+from .image import Exposure, MaskedImage
+from .psf import FWHM_PER_SIGMA
+from .sources import measure_fwhm, select_kernel_sources
+from .spatial import SpatialBackground, SpatialKernel, n_spatial_terms
+
+__all__ = [
+    "ExposureMatchResult",
+    "ExposureSubtractResult",
+    "ImagePsfMatchTask",
+    "MatchResult",
+    "SubtractResult",
+]
+
+#: Grid (per axis) on which the kernel sum's range over the field is reported.
+KERNEL_SUM_GRID = 16
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    """What `ImagePsfMatchTask.matchMaskedImages` returns.
+
+    Attributes
+    ----------
+    matchedImage : MaskedImage
+        The template convolved with the spatial kernel (background not added); a border of
+        the kernel half-width is NaN, variance +inf, flagged NO_DATA.
+    psfMatchingKernel : SpatialKernel
+        The spatially varying kernel; ``psfMatchingKernel.image_at(x, y)``,
+        ``psfMatchingKernel.sum_at(x, y)``.
+    backgroundModel : SpatialBackground
+        Differential background ``B(x, y)`` (zero unless ``fitForBackground``).
+    kernelCellSet : SpatialCellSet
+        Candidates with their status, solutions and residuals.
+    metadata : dict
+        QA numbers (spec §1.11 and counts of candidates per stage).
+    """
+
+    matchedImage: MaskedImage
+    psfMatchingKernel: SpatialKernel
+    backgroundModel: SpatialBackground
+    kernelCellSet: SpatialCellSet
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SubtractResult(MatchResult):
+    """What `ImagePsfMatchTask.subtractMaskedImages` returns: `MatchResult` plus the difference.
+
+    Attributes
+    ----------
+    subtractedMaskedImage : MaskedImage
+        ``science - matchedImage - backgroundModel``.
+    """
+
+    subtractedMaskedImage: MaskedImage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExposureMatchResult(MatchResult):
+    """What `ImagePsfMatchTask.matchExposures` returns: `MatchResult` plus exposures.
+
+    Attributes
+    ----------
+    warpedExposure : Exposure
+        The template on the science pixel grid (the input template if no warp was needed).
+    matchedExposure : Exposure
+        The convolved image as an exposure with the science WCS (the convolved *science*
+        image when the science image was convolved).
+    convolveTemplate : bool
+        Which image was convolved.
+    """
+
+    warpedExposure: Exposure | None = None
+    matchedExposure: Exposure | None = None
+    convolveTemplate: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ExposureSubtractResult(ExposureMatchResult):
+    """What `ImagePsfMatchTask.subtractExposures` returns: plus the difference exposure.
+
+    Attributes
+    ----------
+    subtractedExposure : Exposure
+        The difference ``science - template`` in science photometric units, with the
+        science WCS and PSF.
+    """
+
+    subtractedExposure: Exposure | None = None
+
+
+def _positions(candidate_list: Any) -> np.ndarray:
+    """Return the ``(n, 2)`` parent ``(x, y)`` positions of a candidate list."""
+    columns = getattr(candidate_list, "colnames", None)
+    if columns is not None:
+        for x_name, y_name in (("x", "y"), ("xcentroid", "ycentroid"), ("X", "Y")):
+            if x_name in columns and y_name in columns:
+                return np.column_stack(
+                    [
+                        np.asarray(candidate_list[x_name], float),
+                        np.asarray(candidate_list[y_name], float),
+                    ]
+                )
+        msg = f"candidate table needs x and y columns; it has {columns}"
+        raise DiffimValueError(msg)
+    items = list(candidate_list)
+    if not items:
+        return np.empty((0, 2))
+    if isinstance(items[0], dict):
+        items = [(item["x"], item["y"]) for item in items]
+    positions = np.asarray(items, dtype=float)
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        msg = (
+            "candidateList must be a table with x/y columns, a list of (x, y) pairs or of dicts "
+            f"with 'x' and 'y'; got an array of shape {positions.shape}"
+        )
+        raise DiffimValueError(msg)
+    return positions
+
+
+def _sanitize(masked_image: MaskedImage, name: str) -> MaskedImage:
+    """Check a masked image; mask non-finite pixels as NO_DATA (on a copy) with a warning."""
+    bad = ~np.isfinite(masked_image.image) | ~np.isfinite(masked_image.variance)
+    if np.any(masked_image.variance[~bad] < 0):
+        msg = f"the {name} image has negative variance values; fix its variance plane"
+        raise DiffimValueError(msg)
+    if not bad.any():
+        return masked_image
+    if bad.all():
+        msg = f"every pixel of the {name} image is NaN or infinite"
+        raise DiffimValueError(msg)
+    warnings.warn(
+        f"{int(bad.sum())} non-finite pixels of the {name} image were masked as NO_DATA",
+        MaskedPixelsWarning,
+        stacklevel=3,
+    )
+    clean = masked_image.copy()
+    clean.image[bad] = 0.0
+    clean.variance[bad] = 0.0
+    clean.set_mask_plane("NO_DATA", bad)
+    return clean
+
+
+#: Fewest fit-region pixels per unknown of a single-kernel fit for an edge-shrunk stamp.
+MIN_PIXELS_PER_PARAMETER = 4
+
+#: An order is kept only with more than this many candidates per spatial term (ip_diffim
+#: calls a spatial model with fewer "poorly constrained", spec §3.11).
+CANDIDATES_PER_SPATIAL_TERM = 2
+
+
+def _affordable_orders(orders: dict[str, int], n_candidates: int) -> dict[str, int]:
+    """Lower spatial orders that ``n_candidates`` stars cannot constrain.
+
+    An order is kept when there are more than CANDIDATES_PER_SPATIAL_TERM candidates per
+    polynomial term; otherwise it drops to the highest order that has them, and one
+    `PoorlyConstrainedWarning` names every lowered field (a sparse field then gets a stable
+    low-order fit instead of an unstable high-order one).
+    """
+    affordable = {}
+    for name, order in orders.items():
+        while order > 0 and CANDIDATES_PER_SPATIAL_TERM * n_spatial_terms(order) >= n_candidates:
+            order -= 1
+        affordable[name] = order
+    lowered = [
+        f"{name} lowered from {orders[name]} to {order}"
+        for name, order in affordable.items()
+        if order < orders[name]
+    ]
+    if lowered:
+        warnings.warn(
+            f"only {n_candidates} kernel candidates: {', '.join(lowered)} "
+            f"(more than {CANDIDATES_PER_SPATIAL_TERM} candidates per spatial term are needed); "
+            "provide more stars to fit higher orders",
+            PoorlyConstrainedWarning,
+            stacklevel=5,
+        )
+    return affordable
+
+
+def _check_usable(masked_image: MaskedImage, name: str, bad_bits: int) -> None:
+    if np.all(masked_image.mask & bad_bits):
+        msg = f"every pixel of the {name} image is masked with a bad plane"
+        raise DiffimValueError(msg)
+
+
+class ImagePsfMatchTask:
+    """Match the PSF of a template image to that of a science image, and subtract.
+
+    Parameters
+    ----------
+    config : ImagePsfMatchConfig, optional
+        Settings; validated and deep-copied (later changes to the caller's object do not
+        affect the task).
+
+    Examples
+    --------
+    >>> from diffim.config import ImagePsfMatchConfig
+    >>> config = ImagePsfMatchConfig()
+    >>> config.kernel.active.spatialKernelOrder = 1
+    >>> task = ImagePsfMatchTask(config)
+    """
+
+    ConfigClass = ImagePsfMatchConfig
+
+    def __init__(self, config: ImagePsfMatchConfig | None = None) -> None:
+        config = ImagePsfMatchConfig() if config is None else copy.deepcopy(config)
+        config.validate()
+        self.config = config
+        self.log = logging.getLogger("diffim.task")
+
+    # -- building blocks ------------------------------------------------------------------
+    def makeKernelBasisList(
+        self, targetFwhmPix: float | None = None, referenceFwhmPix: float | None = None
+    ) -> BasisList:
+        """Return the kernel basis for PSFs of the given FWHMs (pixels), spec §1.9."""
+        basis = make_kernel_basis(self.config.kernel.active, targetFwhmPix, referenceFwhmPix)
+        self.log.info(
+            "kernel basis: %d kernels of %d px (%s mode)",
+            len(basis.kernels),
+            basis.kernel_size,
+            basis.mode,
+        )
+        return basis
+
+    def _stamp_half_width(self, kernel_size: int) -> int:
+        detection = self.config.kernel.active.detectionConfig
+        if detection.scaleByFwhm:
+            return int(detection.fpGrowKernelScaling * kernel_size + 0.5)
+        return int(detection.fpGrowPix)
+
+    def _build_cell_set(
+        self,
+        template: MaskedImage,
+        science: MaskedImage,
+        positions: np.ndarray,
+        kernel_size: int,
+        n_parameters: int,
+    ) -> tuple[SpatialCellSet, dict[str, int]]:
+        """Cut stamps around the positions, vet them, and fill a cell set (spec §1.10, §3.5).
+
+        Stamps shrunk at the image edge are kept only while their fit region (the stamp less
+        the kernel half-width on each side) has ``MIN_PIXELS_PER_PARAMETER`` pixels for each
+        of the ``n_parameters`` unknowns of a single-kernel fit.
+        """
+        cfg = self.config.kernel.active
+        vet_bits = template.bitmask(list(cfg.detectionConfig.badMaskPlanes))
+        rating_bits = science.bitmask(list(cfg.badMaskPlanes))
+        half_width = self._stamp_half_width(kernel_size)
+        min_fit_side = int(np.ceil(np.sqrt(MIN_PIXELS_PER_PARAMETER * n_parameters)))
+        min_half_width = kernel_size // 2 + (min_fit_side + 1) // 2
+        cell_set = SpatialCellSet(template.bbox, cfg.sizeCellX, cfg.sizeCellY)
+        dropped = {"outside": 0, "edge": 0, "masked": 0, "no signal": 0}
+        for x, y in positions:
+            if not template.bbox.contains_point(x, y):
+                dropped["outside"] += 1
+                continue
+            box = stamp_box(x, y, half_width, template.bbox)
+            if box.is_empty or box.width // 2 < min_half_width:
+                dropped["edge"] += 1
+                continue
+            template_stamp, science_stamp = template[box], science[box]
+            if np.any((template_stamp.mask | science_stamp.mask) & vet_bits):
+                dropped["masked"] += 1
+                continue
+            rating = candidate_rating(science_stamp, rating_bits, cfg.candidateCoreRadius)
+            if not np.isfinite(rating):
+                dropped["no signal"] += 1
+                continue
+            cell_set.insert(
+                KernelCandidate(
+                    float(x),
+                    float(y),
+                    template_stamp,
+                    science_stamp,
+                    rating,
+                    candidate_id=len(cell_set),
+                )
+            )
+        if len(cell_set) == 0:
+            details = ", ".join(f"{n} {why}" for why, n in dropped.items() if n)
+            raise InsufficientKernelSourcesError(
+                0, 1, f"{len(positions)} positions given; dropped: {details}"
+            )
+        return cell_set, dropped
+
+    def _fit_settings(self, science: MaskedImage, n_candidates: int) -> FitSettings:
+        cfg = self.config.kernel.active
+        orders = {"spatialKernelOrder": cfg.spatialKernelOrder}
+        if cfg.fitForBackground:
+            orders["spatialBgOrder"] = cfg.spatialBgOrder
+        orders = _affordable_orders(orders, n_candidates)
+        return FitSettings(
+            n_star_per_cell=cfg.nStarPerCell,
+            max_spatial_iterations=cfg.maxSpatialIterations,
+            fit_background=cfg.fitForBackground,
+            model_type=cfg.spatialModelType,
+            kernel_order=orders["spatialKernelOrder"],
+            background_order=orders.get("spatialBgOrder", cfg.spatialBgOrder),
+            constant_first_term=(
+                cfg.kernelBasisSet == "alard-lupton" or cfg.usePcaForSpatialKernel
+            ),
+            single_kernel_clipping=cfg.singleKernelClipping,
+            kernel_sum_clipping=cfg.kernelSumClipping,
+            spatial_kernel_clipping=cfg.spatialKernelClipping,
+            residual_mean_max=cfg.candidateResidualMeanMax,
+            residual_std_max=cfg.candidateResidualStdMax,
+            max_ksum_sigma=cfg.maxKsumSigma,
+            check_condition_number=cfg.checkConditionNumber,
+            max_condition_number=cfg.maxConditionNumber,
+            condition_number_type=cfg.conditionNumberType,
+            use_core_stats=cfg.useCoreStats,
+            core_radius=cfg.candidateCoreRadius,
+            constant_variance_weighting=cfg.constantVarianceWeighting,
+            iterate_single_kernel=cfg.iterateSingleKernel,
+            bad_mask_bits=science.bitmask(list(cfg.badMaskPlanes)),
+        )
+
+    def _diagnose(self, fit: FitResult, settings: FitSettings) -> None:
+        """Warn when the spatial model has too few good candidates (spec §3.11)."""
+        n_kernel_terms = n_spatial_terms(settings.kernel_order)
+        if fit.n_good < n_kernel_terms:
+            text = "underconstrained"
+        elif fit.n_good <= 2 * n_kernel_terms:
+            text = "poorly constrained"
+        else:
+            return
+        warnings.warn(
+            f"spatial kernel model is {text}: {fit.n_good} good candidates for "
+            f"{n_kernel_terms} spatial terms per basis kernel; lower spatialKernelOrder or "
+            "provide more stars",
+            PoorlyConstrainedWarning,
+            stacklevel=4,
+        )
+
+    def _metadata(
+        self,
+        basis: BasisList,
+        fit: FitResult,
+        cell_set: SpatialCellSet,
+        dropped: dict[str, int],
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        kernel = fit.solution.kernel
+        bbox = cell_set.bbox
+        x_center, y_center = bbox.center
+        grid_x = np.linspace(bbox.x_min, bbox.x_max, KERNEL_SUM_GRID)
+        grid_y = np.linspace(bbox.y_min, bbox.y_max, KERNEL_SUM_GRID)
+        basis_sums = kernel.basis.sum(axis=(1, 2))
+        sums = np.tensordot(
+            basis_sums @ kernel.coefficients,
+            kernel.function.terms(*np.meshgrid(grid_x, grid_y)),
+            axes=1,
+        )
+        status = cell_set.status_counts()
+        metadata: dict[str, Any] = {
+            "diffimVersion": __version__,
+            "ALBasisNGauss": len(basis.sigmas),
+            "ALBasisDegGauss": list(basis.degrees),
+            "ALBasisSigGauss": [float(s) for s in basis.sigmas],
+            "ALKernelSize": basis.kernel_size,
+            "ALBasisMode": basis.mode,
+            "spatialConditionNum": fit.solution.condition_number,
+            "spatialKernelSum": kernel.sum_at(x_center, y_center),
+            "kernelSumMin": float(sums.min()),
+            "kernelSumMax": float(sums.max()),
+            "kernelSumClippedMean": fit.kernel_sum_mean,
+            "kernelSumClippedStd": fit.kernel_sum_std,
+            "nCandidates": len(cell_set),
+            "nCandidatesGood": status["GOOD"],
+            "nCandidatesBad": status["BAD"],
+            "nCandidatesUsedInSpatialFit": fit.solution.n_candidates,
+            "nGoodSpatialAssessment": fit.n_good,
+            "spatialResidualMean": fit.spatial_residual_mean,
+            "spatialResidualStd": fit.spatial_residual_std,
+            "spatialIterations": fit.iterations,
+        }
+        metadata.update({f"nRejected_{stage}": n for stage, n in fit.rejected.items()})
+        metadata.update({f"nDropped_{why.replace(' ', '_')}": n for why, n in dropped.items()})
+        metadata.update({f"time_{stage}": t for stage, t in timings.items()})
+        return metadata
+
+    # -- public API -----------------------------------------------------------------------
+    def matchMaskedImages(
+        self,
+        templateMaskedImage: MaskedImage,
+        scienceMaskedImage: MaskedImage,
+        candidateList: Iterable[Any],
+        templateFwhmPix: float | None = None,
+        scienceFwhmPix: float | None = None,
+    ) -> MatchResult:
+        """PSF-match the template to the science image (spec §1.4).
+
+        Parameters
+        ----------
+        templateMaskedImage : MaskedImage
+            Image to convolve; same box as the science image.
+        scienceMaskedImage : MaskedImage
+            Image to match to.
+        candidateList : table or sequence
+            Kernel star positions in parent pixels: an astropy Table with ``x``/``y``
+            columns, a list of ``(x, y)`` pairs, or a list of dicts with ``"x"``, ``"y"``.
+        templateFwhmPix, scienceFwhmPix : float, optional
+            PSF FWHMs in pixels, used to size the Alard-Lupton basis; the config's sigmas
+            and ``kernelSize`` are used when either is missing.
+
+        Returns
+        -------
+        MatchResult
+
+        Raises
+        ------
+        DiffimValueError
+            Empty candidate list, images of different boxes, unusable pixels.
+        InsufficientKernelSourcesError
+            No position gives a usable stamp.
+        NoKernelCandidatesError
+            The fitting stages rejected every candidate.
+        """
+        started = time.perf_counter()
+        positions = _positions(candidateList if candidateList is not None else [])
+        if len(positions) == 0:
+            msg = "candidate list is empty: give kernel star positions (x, y)"
+            raise DiffimValueError(msg)
+        if templateMaskedImage.bbox != scienceMaskedImage.bbox:
+            msg = (
+                f"input images have different boxes: template {templateMaskedImage.bbox}, "
+                f"science {scienceMaskedImage.bbox}; warp or crop them onto one pixel grid"
+            )
+            raise DiffimValueError(msg)
+        template = _sanitize(templateMaskedImage, "template")
+        science = _sanitize(scienceMaskedImage, "science")
+        for masked_image, name in ((template, "template"), (science, "science")):
+            _check_usable(masked_image, name, masked_image.bitmask(["NO_DATA"]))
+        basis = self.makeKernelBasisList(templateFwhmPix, scienceFwhmPix)
+        n_parameters = len(basis.kernels) + int(self.config.kernel.active.fitForBackground)
+        cell_set, dropped = self._build_cell_set(
+            template, science, positions, basis.kernel_size, n_parameters
+        )
+        self.log.info("%d kernel candidates in %d cells", len(cell_set), len(cell_set.cells))
+        timings = {"candidates": time.perf_counter() - started}
+        settings = self._fit_settings(science, len(cell_set))
+        fit = fit_spatial_kernel(cell_set, basis.kernels, settings)
+        self._diagnose(fit, settings)
+        timings["fit"] = time.perf_counter() - started - timings["candidates"]
+        convolve_start = time.perf_counter()
+        matched = convolve_masked_image(template, fit.solution.kernel)
+        timings["convolve"] = time.perf_counter() - convolve_start
+        self.log.info(
+            "kernel fitted in %.2f s, template convolved in %.2f s",
+            timings["fit"],
+            timings["convolve"],
+        )
+        return MatchResult(
+            matchedImage=matched,
+            psfMatchingKernel=fit.solution.kernel,
+            backgroundModel=fit.solution.background,
+            kernelCellSet=cell_set,
+            metadata=self._metadata(basis, fit, cell_set, dropped, timings),
+        )
+
+    def getFwhmPix(self, psf: Any, position: tuple[float, float] | None = None) -> float:
+        """Return the FWHM in pixels of a PSF model at ``position`` (default: its centre)."""
+        if psf is None:
+            msg = (
+                "no PSF model given; measure the FWHM from stars with diffim.sources.measure_fwhm"
+            )
+            raise DiffimValueError(msg)
+        return float(psf.fwhm() if position is None else psf.fwhm(*position))
+
+    def getSelectSources(
+        self, exposure: Exposure, sigma: float | None = None, doSmooth: bool = True
+    ) -> Table:
+        """Detect and select kernel stars on an exposure (spec §1.7).
+
+        Parameters
+        ----------
+        exposure : Exposure
+            Image to search (normally the science image).
+        sigma : float, optional
+            Gaussian sigma (pixels) of the detection filter; default from the PSF.
+        doSmooth : bool
+            Filter the image with the PSF before thresholding.
+
+        Returns
+        -------
+        astropy.table.Table
+            Kept stars, highest S/N first, with parent ``x``, ``y``, ``flux``, ``snr``, ...
+        """
+        fwhm = None
+        if doSmooth:
+            fwhm = sigma * FWHM_PER_SIGMA if sigma is not None else None
+            if fwhm is None and exposure.psf is not None:
+                fwhm = float(exposure.psf.fwhm(*exposure.bbox.center))
+        kernel_size = self.config.kernel.active.kernelSize
+        return select_kernel_sources(
+            exposure.masked_image,
+            stamp_half_width=self._stamp_half_width(kernel_size),
+            fwhm_pix=fwhm,
+            threshold_sigma=self.config.selectDetectionThreshold,
+            min_snr=self.config.selectMinSnr,
+            max_snr=self.config.selectMaxSnr,
+            saturation=exposure.saturation,
+            saturation_fraction=self.config.selectSaturationFraction,
+            bad_mask_bits=exposure.masked_image.bitmask(
+                list(self.config.kernel.active.detectionConfig.badMaskPlanes) + ["BAD", "CR"]
+            ),
+        )
+
+    def makeCandidateList(
+        self,
+        templateExposure: Exposure,
+        scienceExposure: Exposure,
+        kernelSize: int,
+        candidateList: Any = None,
+    ) -> Table:
+        """Return the kernel stars whose stamps are usable in both images (spec §1.8).
+
+        Stars come from ``candidateList`` (anything `matchMaskedImages` accepts) or are
+        selected on the science exposure.  The returned table has ``x``, ``y`` columns.
+
+        Raises
+        ------
+        InsufficientKernelSourcesError
+            When no star gives a usable stamp; the message counts the reasons.
+        """
+        if candidateList is None:
+            candidateList = self.getSelectSources(scienceExposure)
+        positions = _positions(candidateList)
+        n_parameters = (
+            len(self.makeKernelBasisList().kernels)
+            + int(self.config.kernel.active.fitForBackground)
+        )
+        cell_set, _ = self._build_cell_set(
+            templateExposure.masked_image, scienceExposure.masked_image, positions, kernelSize,
+            n_parameters,
+        )
+        kept = sorted(cell_set.candidates(), key=lambda c: -c.rating)
+        return Table(
+            {
+                "x": [c.x for c in kept],
+                "y": [c.y for c in kept],
+                "rating": [c.rating for c in kept],
+            }
+        )
+
+    def matchExposures(
+        self,
+        templateExposure: Exposure,
+        scienceExposure: Exposure,
+        templateFwhmPix: float | None = None,
+        scienceFwhmPix: float | None = None,
+        candidateList: Any = None,
+        doWarping: bool = True,
+        convolveTemplate: bool = True,
+    ) -> ExposureMatchResult:
+        """PSF-match two exposures (spec §1.3).
+
+        Parameters
+        ----------
+        templateExposure, scienceExposure : Exposure
+            The images; they must share the science pixel grid.
+        templateFwhmPix, scienceFwhmPix : float, optional
+            PSF FWHMs in pixels; from the PSF models, or measured from stars.
+        candidateList : optional
+            Kernel star positions (parent pixels); selected on the science image if None.
+        doWarping : bool
+            Allow warping the template onto the science grid.
+        convolveTemplate : bool
+            Convolve the template (True) or the science image (False).
+
+        Returns
+        -------
+        ExposureMatchResult
+        """
+        warped = self._registered_template(templateExposure, scienceExposure, doWarping)
+        if templateFwhmPix is None:
+            templateFwhmPix = _fwhm_of(warped, "template", self.log)
+        if scienceFwhmPix is None:
+            scienceFwhmPix = _fwhm_of(scienceExposure, "science", self.log)
+        if convolveTemplate:
+            to_convolve, reference = warped, scienceExposure
+            fwhm_convolved, fwhm_reference = templateFwhmPix, scienceFwhmPix
+        else:
+            to_convolve, reference = scienceExposure, warped
+            fwhm_convolved, fwhm_reference = scienceFwhmPix, templateFwhmPix
+        if fwhm_convolved > fwhm_reference * 1.02:
+            warnings.warn(
+                f"the convolved image's PSF (FWHM {fwhm_convolved:.2f} px) is broader than the "
+                f"other's ({fwhm_reference:.2f} px): the kernel has to deconvolve; convolve "
+                "the other image instead (mode='auto')",
+                DeconvolutionWarning,
+                stacklevel=2,
+            )
+        kernel_size = self.makeKernelBasisList(fwhm_convolved, fwhm_reference).kernel_size
+        candidates = self.makeCandidateList(warped, scienceExposure, kernel_size, candidateList)
+        result = self.matchMaskedImages(
+            to_convolve.masked_image,
+            reference.masked_image,
+            candidates,
+            templateFwhmPix=fwhm_convolved,
+            scienceFwhmPix=fwhm_reference,
+        )
+        metadata = dict(result.metadata)
+        metadata.update(
+            {
+                "templateFwhmPix": templateFwhmPix,
+                "scienceFwhmPix": scienceFwhmPix,
+                "convolveTemplate": convolveTemplate,
+            }
+        )
+        matched_exposure = Exposure(
+            result.matchedImage,
+            wcs=scienceExposure.wcs,
+            psf=None,
+            gain=None,
+            saturation=None,
+            zero_point=scienceExposure.zero_point,
+            filter_name=templateExposure.filter_name,
+        )
+        return ExposureMatchResult(
+            matchedImage=result.matchedImage,
+            psfMatchingKernel=result.psfMatchingKernel,
+            backgroundModel=result.backgroundModel,
+            kernelCellSet=result.kernelCellSet,
+            metadata=metadata,
+            warpedExposure=warped,
+            matchedExposure=matched_exposure,
+            convolveTemplate=convolveTemplate,
+        )
+
+    def subtractExposures(
+        self,
+        templateExposure: Exposure,
+        scienceExposure: Exposure,
+        templateFwhmPix: float | None = None,
+        scienceFwhmPix: float | None = None,
+        candidateList: Any = None,
+        doWarping: bool = True,
+        convolveTemplate: bool = True,
+    ) -> ExposureSubtractResult:
+        """PSF-match two exposures and subtract (spec §1.5).
+
+        The difference is always science minus template, in science photometric units:
+        ``I - (K ⋆ T) - B`` when the template is convolved, and ``(K ⋆ I + B - T) / κ(x, y)``
+        when the science image is, with ``κ(x, y)`` the kernel sum over the field.
+        Arguments are those of `matchExposures`.
+
+        Returns
+        -------
+        ExposureSubtractResult
+        """
+        match = self.matchExposures(
+            templateExposure,
+            scienceExposure,
+            templateFwhmPix,
+            scienceFwhmPix,
+            candidateList,
+            doWarping,
+            convolveTemplate,
+        )
+        science = scienceExposure.masked_image
+        background = match.backgroundModel.image(science.bbox).astype(science.dtype)
+        if convolveTemplate:
+            difference = science.copy()
+            difference -= match.matchedImage
+            difference.image -= background
+        else:
+            difference = match.matchedImage.copy()
+            difference.image += background
+            difference -= match.warpedExposure.masked_image
+            kernel_sum = match.psfMatchingKernel.sum_image(science.bbox).astype(science.dtype)
+            difference.image /= kernel_sum
+            difference.variance /= kernel_sum**2
+        metadata = dict(match.metadata)
+        metadata.update(difference_statistics(difference, self.config.kernel.active.badMaskPlanes))
+        subtracted = scienceExposure.copy()
+        subtracted.masked_image = difference
+        subtracted.metadata.update(metadata)
+        return ExposureSubtractResult(
+            matchedImage=match.matchedImage,
+            psfMatchingKernel=match.psfMatchingKernel,
+            backgroundModel=match.backgroundModel,
+            kernelCellSet=match.kernelCellSet,
+            metadata=metadata,
+            warpedExposure=match.warpedExposure,
+            matchedExposure=match.matchedExposure,
+            convolveTemplate=convolveTemplate,
+            subtractedExposure=subtracted,
+        )
+
+    def _registered_template(
+        self, template: Exposure, science: Exposure, do_warping: bool
+    ) -> Exposure:
+        """Return the template on the science pixel grid (spec §1.3 step 1)."""
+        from .warp import warp_exposure, wcs_agree  # reproject is slow to import
+
+        if template.bbox == science.bbox and wcs_agree(template.wcs, science.wcs, science.bbox):
+            return template
+        if not do_warping:
+            msg = (
+                "Input images not registered: the template and science pixel grids differ; "
+                "allow warping (doWarping=True) or resample the template first"
+            )
+            raise NotRegisteredError(msg)
+        return warp_exposure(template, science)
+
+    def subtractMaskedImages(
+        self,
+        templateMaskedImage: MaskedImage,
+        scienceMaskedImage: MaskedImage,
+        candidateList: Iterable[Any],
+        templateFwhmPix: float | None = None,
+        scienceFwhmPix: float | None = None,
+    ) -> SubtractResult:
+        """PSF-match the template and subtract it from the science image (spec §1.6).
+
+        The difference is ``science - template ⋆ K - B`` with masked-image semantics:
+        variances add and masks are ORed.  Parameters are those of `matchMaskedImages`.
+
+        Returns
+        -------
+        SubtractResult
+        """
+        match = self.matchMaskedImages(
+            templateMaskedImage,
+            scienceMaskedImage,
+            candidateList,
+            templateFwhmPix,
+            scienceFwhmPix,
+        )
+        difference = scienceMaskedImage.copy()
+        difference -= match.matchedImage
+        difference.image -= match.backgroundModel.image(difference.bbox).astype(difference.dtype)
+        metadata = dict(match.metadata)
+        metadata.update(difference_statistics(difference, self.config.kernel.active.badMaskPlanes))
+        return SubtractResult(
+            matchedImage=match.matchedImage,
+            psfMatchingKernel=match.psfMatchingKernel,
+            backgroundModel=match.backgroundModel,
+            kernelCellSet=match.kernelCellSet,
+            metadata=metadata,
+            subtractedMaskedImage=difference,
+        )
+
+
+def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str]) -> dict:
+    """Return robust statistics of ``D / sqrt(var)`` over the usable pixels of a difference.
+
+    Pixels with any of ``bad_mask_planes`` (or ``DETECTED``) set, or a non-finite value,
+    are left out.  The std is ``1.4826 · MAD`` so that stars and transients do not inflate it.
+    """
+    bad_bits = difference.bitmask([*bad_mask_planes, "NO_DATA", "EDGE"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalized = difference.image / np.sqrt(difference.variance)
+    good = np.isfinite(normalized) & ((difference.mask & bad_bits) == 0)
+    values = normalized[good]
+    if values.size == 0:
+        return {
+            "diffimResidualMedian": float("nan"),
+            "diffimResidualRobustStd": float("nan"),
+            "diffimGoodPixelFraction": 0.0,
+        }
+    median = float(np.median(values))
+    mad = float(np.median(np.abs(values - median)))
+    return {
+        "diffimResidualMedian": median,
+        "diffimResidualRobustStd": 1.482602218505602 * mad,
+        "diffimGoodPixelFraction": float(good.mean()),
+    }
+
+
+def _fwhm_of(exposure: Exposure, name: str, log: logging.Logger) -> float:
+    """FWHM (pixels) of an exposure's PSF at its centre, measured from stars if it has none."""
+    if exposure.psf is not None:
+        return float(exposure.psf.fwhm(*exposure.bbox.center))
+    fwhm = measure_fwhm(exposure.masked_image, saturation=exposure.saturation)
+    log.info("%s has no PSF model; FWHM measured from its stars: %.2f px", name, fwhm)
+    return fwhm

@@ -1,0 +1,76 @@
+"""Shared simulated data for the tests (all from diffim's own simulator, fixed seeds)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from diffim.simulate import SimulatedPair, simulate_pair
+
+
+@dataclass
+class PairWithModel:
+    """A simulated pair and the noise-free source flux (sky removed) of both images, in ADU."""
+
+    pair: SimulatedPair
+    science_sources: np.ndarray
+    template_sources: np.ndarray
+
+    def empty_sky(self, noise_fraction=0.02):
+        """Pixels where neither image has source flux above ``noise_fraction`` of its noise."""
+        science_sigma = np.sqrt(self.pair.science.masked_image.variance)
+        template_sigma = np.sqrt(self.pair.template.masked_image.variance)
+        return (self.science_sources < noise_fraction * science_sigma) & (
+            self.template_sources < noise_fraction * template_sigma
+        )
+
+
+def simulate_with_model(**parameters):
+    """Simulate a pair and, from the same seed, its noise-free twin."""
+    pair = simulate_pair(**parameters)
+    model = simulate_pair(**{**parameters, "noise": False, "n_cosmic_rays": 0})
+    ny, nx = pair.science.shape
+    yy, xx = np.indices((ny, nx), dtype=float)
+    science_sky = pair.truth.science_sky(xx, yy)
+    template_sky = pair.truth.template_sky(xx, yy)
+    return PairWithModel(
+        pair,
+        model.science.masked_image.image - science_sky,
+        model.template.masked_image.image - template_sky,
+    )
+
+
+def isolated_stars(truth, *, min_flux, max_flux=np.inf, radius=15.0, frame="science"):
+    """Rows of truth.stars that are constant, unsaturated and have no neighbour within radius."""
+    stars = truth.stars
+    x, y = np.asarray(stars[f"x_{frame}"]), np.asarray(stars[f"y_{frame}"])
+    distance = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    np.fill_diagonal(distance, np.inf)
+    flux = np.asarray(stars["flux_template"])
+    crowded = ((distance < radius) & (flux[None, :] > 0.01 * flux[:, None])).any(axis=1)
+    keep = (
+        ~crowded
+        & ~np.asarray(stars["is_variable"])
+        & ~np.asarray(stars["saturated"])
+        & (flux >= min_flux)
+        & (flux <= max_flux)
+    )
+    return stars[keep]
+
+
+@pytest.fixture(scope="session")
+def varying_pair():
+    """1024² pair: science FWHM 4.5 px and template 3.0 px at the centre, both growing by
+    35 % across x; flux ratio 1.2; bright transients; Gaussian PSFs."""
+    return simulate_with_model(
+        shape=(1024, 1024),
+        seed=11,
+        n_stars=1500,
+        science_fwhm=4.5,
+        template_fwhm=3.0,
+        fwhm_gradient=(0.35, 0.1),
+        flux_ratio=1.2,
+        n_transients=12,
+        transient_flux=(3.0e4, 2.0e5),
+        n_variables=8,
+    )

@@ -1,0 +1,147 @@
+"""Per-candidate and spatial least-squares solutions."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from diffim.basis import make_alard_lupton_basis
+from diffim.candidates import KernelCandidate
+from diffim.errors import KernelSolutionError
+from diffim.image import BBox, MaskedImage
+from diffim.solve import (
+    build_single_kernel,
+    condition_number,
+    residual_statistics,
+    solve_normal_equations,
+    solve_spatial_kernel,
+)
+from diffim.spatial import SpatialFunction, SpatialKernel
+
+KERNEL_HALF_WIDTH = 10
+STAMP = 61
+
+
+def gaussian_kernel(sigma, half_width=KERNEL_HALF_WIDTH):
+    """A unit-sum circular Gaussian sampled at pixel centres (as the AL basis is)."""
+    offsets = np.arange(-half_width, half_width + 1)
+    profile = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = np.outer(profile, profile)
+    return kernel / kernel.sum()
+
+
+def star_stamp(sigma, flux, size=STAMP, center=None):
+    """A noise-free Gaussian star, pixel-integrated."""
+    from scipy.special import erf
+
+    center = (size - 1) / 2 if center is None else center
+    edges = np.arange(size + 1) - 0.5 - center
+    cdf = 0.5 * (1 + erf(edges / (np.sqrt(2) * sigma)))
+    profile = np.diff(cdf)
+    return flux * np.outer(profile, profile)
+
+
+def make_candidate(sigma_kernel, flux_ratio, background, *, noise_sigma=0.0, seed=0):
+    """Template star sigma 1.5 px; science = template ⋆ Gaussian(sigma_kernel) · ratio + bg."""
+    rng = np.random.default_rng(seed)
+    template = star_stamp(1.5, 5.0e4)
+    kernel = gaussian_kernel(sigma_kernel) * flux_ratio
+    science = ndimage.correlate(template, kernel, mode="constant") + background
+    variance = np.full(template.shape, max(noise_sigma**2, 1.0))
+    if noise_sigma:
+        template = template + rng.normal(0, noise_sigma, template.shape)
+        science = science + rng.normal(0, noise_sigma, science.shape)
+    stamp_template = MaskedImage(template, variance=variance.copy())
+    stamp_science = MaskedImage(science, variance=variance.copy())
+    center = (STAMP - 1) / 2
+    return KernelCandidate(center, center, stamp_template, stamp_science, rating=1.0), kernel
+
+
+def basis_with_sigma(sigma):
+    """AL basis whose Gaussians include ``sigma`` exactly (the HEAD progression)."""
+    return make_alard_lupton_basis(KERNEL_HALF_WIDTH, [sigma / 2, sigma, 2 * sigma], [4, 2, 2])
+
+
+def test_noise_free_kernel_recovered():
+    """A known Gaussian kernel, flux ratio and background come back (noise-free)."""
+    candidate, truth = make_candidate(2.0, 1.3, 25.0)
+    solution = build_single_kernel(candidate, basis_with_sigma(2.0), fit_background=True)
+    assert np.max(np.abs(solution.kernel_image - truth)) < 1e-3 * truth.max()
+    assert solution.kernel_sum == pytest.approx(1.3, abs=1e-4)
+    assert solution.background == pytest.approx(25.0, abs=1e-3)
+
+
+def test_noisy_kernel_sum_within_noise():
+    """With noise, the kernel sum is within 5 sigma of its least-squares uncertainty."""
+    candidate, _ = make_candidate(2.0, 1.3, 25.0, noise_sigma=10.0, seed=3)
+    solution = build_single_kernel(candidate, basis_with_sigma(2.0), fit_background=True)
+    covariance = np.linalg.inv(solution.normal_matrix)
+    sum_error = np.sqrt(covariance[0, 0])
+    assert abs(solution.kernel_sum - 1.3) < 5 * sum_error
+    mean, std, n = residual_statistics(
+        candidate, solution.kernel_image, solution.background, bad_mask_bits=0
+    )
+    # 2 sigma of the sample statistics of n normalised residuals, plus the fitted dof
+    assert abs(mean) < 5 / np.sqrt(n)
+    assert std == pytest.approx(1.0, abs=0.1)
+
+
+def test_zero_variance_raises_without_constant_weighting():
+    candidate, _ = make_candidate(2.0, 1.0, 0.0)
+    candidate.science.variance[5, 5] = 0.0
+    candidate.template.variance[5, 5] = 0.0
+    with pytest.raises(KernelSolutionError, match="zero variance"):
+        build_single_kernel(
+            candidate, basis_with_sigma(2.0), fit_background=False,
+            constant_variance_weighting=False,
+        )
+
+
+def test_condition_number_limit_rejects():
+    candidate, _ = make_candidate(2.0, 1.0, 0.0)
+    with pytest.raises(KernelSolutionError, match="condition number"):
+        build_single_kernel(
+            candidate, basis_with_sigma(2.0), fit_background=False, max_condition_number=1.0
+        )
+
+
+def test_singular_system_uses_pseudo_inverse():
+    """A rank-deficient system gets the minimum-norm solution instead of failing."""
+    matrix = np.array([[1.0, 1.0], [1.0, 1.0]])
+    solution = solve_normal_equations(matrix, np.array([2.0, 2.0]))
+    np.testing.assert_allclose(solution, [1.0, 1.0])
+    assert condition_number(np.diag([4.0, 1.0])) == pytest.approx(4.0)
+    assert condition_number(np.diag([4.0, 1.0]), "SVD") == pytest.approx(4.0)
+
+
+def test_spatial_fit_recovers_linear_kernel_variation():
+    """Candidates whose kernel sum varies linearly in x give back that spatial model."""
+    bbox = BBox(0, 0, 512, 512)
+    basis = basis_with_sigma(2.0)
+    candidates = []
+    for i, x in enumerate(np.linspace(30, 480, 5)):
+        for y in np.linspace(30, 480, 3):
+            ratio = 1.0 + 0.2 * x / 512
+            candidate, _ = make_candidate(2.0, ratio, 0.0)
+            candidate.x, candidate.y, candidate.candidate_id = float(x), float(y), i
+            candidate.solutions["ORIG"] = build_single_kernel(
+                candidate, basis, fit_background=False
+            )
+            candidates.append(candidate)
+    solution = solve_spatial_kernel(
+        candidates, basis, bbox=bbox, model_type="chebyshev1", kernel_order=1,
+        background_order=None, constant_first_term=False,
+    )
+    for x in (30.0, 250.0, 480.0):
+        assert solution.kernel.sum_at(x, 100.0) == pytest.approx(1.0 + 0.2 * x / 512, rel=1e-4)
+    assert np.all(solution.background.coefficients == 0)
+
+
+def test_spatial_kernel_constant_first_term():
+    """With a constant first term, basis 0 has one non-zero spatial coefficient."""
+    basis = basis_with_sigma(2.0)
+    function = SpatialFunction("chebyshev1", 2, BBox(0, 0, 100, 100))
+    coefficients = np.zeros((basis.shape[0], function.n_terms))
+    coefficients[0, 0] = 1.0
+    kernel = SpatialKernel(basis, coefficients, function)
+    assert kernel.sum_at(10, 90) == pytest.approx(1.0)
+    assert not kernel.is_spatially_varying
