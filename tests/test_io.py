@@ -97,7 +97,12 @@ def test_metadata_round_trip(tmp_path):
         saturation=60000.0,
         zero_point=27.5,
         filter_name="r",
-        metadata={"AIRMASS": 1.2, "spatialKernelSum": 0.98, "BADVALUE": float("nan")},
+        metadata={
+            "AIRMASS": 1.2,
+            "spatialKernelSum": 0.98,
+            "BADVALUE": float("nan"),
+            "ALBasisDegGauss": [4, 2, 2],
+        },
     )
     path = tmp_path / "exposure.fits"
     write_exposure(exposure, path, header_extra={"AIRMASS": 1.3})
@@ -106,7 +111,8 @@ def test_metadata_round_trip(tmp_path):
     assert (result.zero_point, result.filter_name) == (27.5, "r")
     assert result.metadata["AIRMASS"] == 1.3  # header_extra overrides metadata
     assert result.metadata["spatialKernelSum"] == 0.98
-    assert "BADVALUE" not in result.metadata  # NaN cannot go into a FITS header
+    assert result.metadata["BADVALUE"] == "nan"  # FITS has no NaN: written as a string
+    assert result.metadata["ALBasisDegGauss"] == "4,2,2"
 
 
 @pytest.mark.parametrize("sip", [False, True])

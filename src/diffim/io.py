@@ -84,9 +84,19 @@ def _as_exposure(obj: Exposure | MaskedImage) -> Exposure:
 
 
 def _set_card(header: fits.Header, key: str, value: Any) -> None:
-    """Set one card, using HIERARCH for long keywords; skip values FITS cannot hold."""
+    """Set one card, using HIERARCH for long keywords; skip values FITS cannot hold.
+
+    Sequences of scalars are written as comma-separated strings, non-finite floats as the
+    strings ``"nan"``/``"inf"``.
+    """
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, bool | int | float | str | np.generic) for v in value
+    ):
+        value = ",".join(str(v.item() if isinstance(v, np.generic) else v) for v in value)
+    if isinstance(value, float) and not np.isfinite(value):
+        value = str(value)
     if not isinstance(value, bool | int | float | str) or (
         isinstance(value, float) and not np.isfinite(value)
     ):

@@ -303,31 +303,30 @@ class SpatialSolution:
     n_candidates: int
 
 
-def _design(
-    x: float,
-    y: float,
+def _term_matrix(
+    candidates: Sequence[KernelCandidate],
     n_basis: int,
     kernel_function: SpatialFunction,
     background_function: SpatialFunction | None,
-    constant_first_term: bool,
 ) -> np.ndarray:
-    """Return ``A(x, y)`` mapping spatial parameters to one star's coefficients."""
-    kernel_terms = kernel_function.terms(x, y)
-    n_kt = kernel_terms.size
-    n_bg = 0 if background_function is None else background_function.n_terms
-    offset = 1 if constant_first_term else n_kt
-    n_params = offset + (n_basis - 1) * n_kt + n_bg
-    design = np.zeros((n_basis + (n_bg > 0), n_params))
-    if constant_first_term:
-        design[0, 0] = 1.0
-    else:
-        design[0, :n_kt] = kernel_terms
-    for m in range(1, n_basis):
-        start = offset + (m - 1) * n_kt
-        design[m, start : start + n_kt] = kernel_terms
+    """Return ``Q[c, i, t]``: spatial term ``t`` at candidate ``c`` for coefficient ``i``.
+
+    Rows ``i < n_basis`` hold the kernel terms; the last row (when a background is fitted)
+    holds the background terms; shorter rows are zero-padded.
+    """
+    x = np.array([c.x for c in candidates])
+    y = np.array([c.y for c in candidates])
+    kernel_terms = kernel_function.terms(x, y).T
+    n_terms = kernel_function.n_terms
+    n_rows = n_basis
     if background_function is not None:
-        design[n_basis, n_params - n_bg :] = background_function.terms(x, y)
-    return design
+        n_terms = max(n_terms, background_function.n_terms)
+        n_rows += 1
+    terms = np.zeros((len(candidates), n_rows, n_terms))
+    terms[:, :n_basis, : kernel_function.n_terms] = kernel_terms[:, None, :]
+    if background_function is not None:
+        terms[:, n_basis, : background_function.n_terms] = background_function.terms(x, y).T
+    return terms
 
 
 def solve_spatial_kernel(
@@ -372,30 +371,32 @@ def solve_spatial_kernel(
     background_function = (
         None if background_order is None else SpatialFunction(model_type, background_order, bbox)
     )
-    matrix, vector = 0.0, 0.0
-    for candidate in candidates:
-        design = _design(
-            candidate.x,
-            candidate.y,
-            n_basis,
-            kernel_function,
-            background_function,
-            constant_first_term,
-        )
-        solution = candidate.recent
-        matrix = matrix + design.T @ solution.normal_matrix @ design
-        vector = vector + design.T @ solution.normal_vector
-    theta = solve_normal_equations(matrix, vector)
+    terms = _term_matrix(candidates, n_basis, kernel_function, background_function)
+    matrices = np.stack([c.recent.normal_matrix for c in candidates])
+    vectors = np.stack([c.recent.normal_vector for c in candidates])
+    n_rows, n_terms = terms.shape[1:]
+    # Σ_c M_c[i, j] Q_c[i, a] Q_c[j, b] over candidates: the system for θ[i, a]
+    full_matrix = np.einsum("cij,cia,cjb->iajb", matrices, terms, terms, optimize=True)
+    full_vector = np.einsum("ci,cia->ia", vectors, terms)
     n_kt = kernel_function.n_terms
-    n_bg = 0 if background_function is None else background_function.n_terms
-    coefficients = np.zeros((n_basis, n_kt))
-    offset = 1 if constant_first_term else n_kt
-    coefficients[0, :offset] = theta[:offset]
-    coefficients[1:] = theta[offset : offset + (n_basis - 1) * n_kt].reshape(n_basis - 1, n_kt)
+    free = np.zeros((n_rows, n_terms), dtype=bool)
+    free[:n_basis, :n_kt] = True
+    if constant_first_term:
+        free[0, 1:] = False
+    if background_function is not None:
+        free[n_basis, : background_function.n_terms] = True
+    index = np.flatnonzero(free.ravel())
+    matrix = full_matrix.reshape(n_rows * n_terms, -1)[np.ix_(index, index)]
+    theta = np.zeros(n_rows * n_terms)
+    theta[index] = solve_normal_equations(matrix, full_vector.ravel()[index])
+    theta = theta.reshape(n_rows, n_terms)
+    coefficients = theta[:n_basis, :n_kt].copy()
     if background_function is None:
         background = SpatialBackground.zero(bbox)
     else:
-        background = SpatialBackground(background_function, theta[len(theta) - n_bg :])
+        background = SpatialBackground(
+            background_function, theta[n_basis, : background_function.n_terms].copy()
+        )
     return SpatialSolution(
         kernel=SpatialKernel(basis, coefficients, kernel_function),
         background=background,

@@ -610,9 +610,9 @@ class ImagePsfMatchTask:
         """
         warped = self._registered_template(templateExposure, scienceExposure, doWarping)
         if templateFwhmPix is None:
-            templateFwhmPix = _fwhm_of(warped, "template", self.log)
+            templateFwhmPix = exposure_fwhm(warped, "template", self.log)
         if scienceFwhmPix is None:
-            scienceFwhmPix = _fwhm_of(scienceExposure, "science", self.log)
+            scienceFwhmPix = exposure_fwhm(scienceExposure, "science", self.log)
         if convolveTemplate:
             to_convolve, reference = warped, scienceExposure
             fwhm_convolved, fwhm_reference = templateFwhmPix, scienceFwhmPix
@@ -805,7 +805,7 @@ def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str
     }
 
 
-def _fwhm_of(exposure: Exposure, name: str, log: logging.Logger) -> float:
+def exposure_fwhm(exposure: Exposure, name: str, log: logging.Logger) -> float:
     """FWHM (pixels) of an exposure's PSF at its centre, measured from stars if it has none."""
     if exposure.psf is not None:
         return float(exposure.psf.fwhm(*exposure.bbox.center))

@@ -1,0 +1,356 @@
+"""The ``diffim`` command: subtract, simulate, demo, config.
+
+Only this module prints, parses arguments, configures logging or exits.  Errors of the
+input (a missing file, a bad option) exit with status 2, failures of the algorithm (no
+usable kernel stars) with 1, both with a one-line ``diffim: error: ...`` and no traceback
+unless ``--traceback`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .config import ImagePsfMatchConfig, config_documentation
+from .errors import DiffimError, DiffimValueError
+from .image import Exposure
+
+log = logging.getLogger("diffim.cli")
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+EPILOG_SUBTRACT = """examples:
+  diffim subtract science.fits template.fits -o diff.fits
+  diffim subtract sci.fits tmpl.fits -o diff.fits --config kernelSize=25 spatialKernelOrder=1
+  diffim subtract sci.fits tmpl.fits -o diff.fits --science-variance sci.var.fits --gain 1.6
+"""
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="log every stage in detail")
+    group.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the Python traceback of errors"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffim",
+        description="PSF-matched difference imaging (Alard-Lupton, as in LSST ip_diffim).",
+    )
+    parser.add_argument("--version", action="version", version=f"diffim {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    subtract = commands.add_parser(
+        "subtract",
+        help="subtract a template from a science image",
+        description="PSF-match TEMPLATE to SCIENCE and write SCIENCE - TEMPLATE ⋆ K - B.",
+        epilog=EPILOG_SUBTRACT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subtract.add_argument("science", help="science image (LSST-style or plain FITS)")
+    subtract.add_argument("template", help="template image on the same pixel grid")
+    subtract.add_argument("-o", "--output", required=True, help="difference image to write")
+    subtract.add_argument(
+        "--config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="configuration overrides, e.g. kernelSize=25",
+    )
+    subtract.add_argument("--config-file", help="YAML or TOML configuration (see diffim config)")
+    subtract.add_argument(
+        "--mode",
+        choices=["auto", "convolveTemplate", "convolveScience"],
+        help="which image to convolve (default: the config's mode, auto)",
+    )
+    subtract.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    subtract.add_argument("--png", help="also draw science, template, difference, kernel to PNG")
+    for frame in ("science", "template"):
+        subtract.add_argument(f"--{frame}-variance", help=f"variance map of the {frame} image")
+        subtract.add_argument(f"--{frame}-mask", help=f"mask of the {frame} image")
+    subtract.add_argument("--gain", type=float, help="gain in e-/ADU when files lack GAIN")
+    subtract.add_argument("--saturation", type=float, help="saturation level in ADU")
+    _add_common(subtract)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="simulate a science/template pair with known truth",
+        description="Write science.fits, template.fits and truth.json to --out.",
+        epilog="example:\n  diffim simulate --out sim --size 1024 --seed 3 --set flux_ratio=1.2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    simulate.add_argument("--out", required=True, help="output folder")
+    simulate.add_argument("--size", type=int, default=512, help="image side in pixels")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed")
+    simulate.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="simulation parameters, e.g. n_stars=2000 profile=moffat",
+    )
+    simulate.add_argument("--overwrite", action="store_true", help="replace existing files")
+    _add_common(simulate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="simulate a pair, subtract it, and draw the result",
+        description="Runs the whole chain on built-in simulated data.",
+    )
+    demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    demo.add_argument("--size", type=int, default=1024, help="image side in pixels")
+    demo.add_argument("--seed", type=int, default=1, help="random seed")
+    _add_common(demo)
+
+    config = commands.add_parser(
+        "config",
+        help="print the default configuration as an editable YAML file",
+        description="Print every configuration field with its default and meaning.",
+        epilog="example:\n  diffim config > my.yaml   # edit, then --config-file my.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    config.add_argument(
+        "--config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides to apply before printing",
+    )
+    _add_common(config)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.captureWarnings(True)
+
+
+def _make_config(overrides: list[str], config_file: str | None) -> ImagePsfMatchConfig:
+    config = ImagePsfMatchConfig.load(config_file) if config_file else ImagePsfMatchConfig()
+    if overrides:
+        config.apply_overrides(overrides)
+    return config
+
+
+def _parse_values(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    values = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            msg = f"expected NAME=VALUE, got {pair!r}"
+            raise DiffimValueError(msg)
+        value = yaml.safe_load(text)
+        values[name.strip()] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def choose_convolve_template(mode: str, template_fwhm: float, science_fwhm: float) -> bool:
+    """Return True when the template is the image to convolve.
+
+    ``auto`` convolves the sharper image, so the kernel never has to deconvolve.
+    """
+    if mode == "auto":
+        return template_fwhm <= science_fwhm
+    return mode == "convolveTemplate"
+
+
+def subtract_files(
+    science: Exposure, template: Exposure, config: ImagePsfMatchConfig, mode: str | None = None
+) -> Any:
+    """Run the task on two exposures, picking the direction from ``mode``."""
+    from .task import ImagePsfMatchTask, exposure_fwhm
+
+    task = ImagePsfMatchTask(config)
+    template_fwhm = exposure_fwhm(template, "template", log)
+    science_fwhm = exposure_fwhm(science, "science", log)
+    convolve_template = choose_convolve_template(mode or config.mode, template_fwhm, science_fwhm)
+    log.info(
+        "FWHM template %.2f px, science %.2f px: convolving the %s",
+        template_fwhm,
+        science_fwhm,
+        "template" if convolve_template else "science image",
+    )
+    return task.subtractExposures(
+        template,
+        science,
+        templateFwhmPix=template_fwhm,
+        scienceFwhmPix=science_fwhm,
+        convolveTemplate=convolve_template,
+    )
+
+
+def _write_result(
+    result: Any, config: ImagePsfMatchConfig, output: str, *, overwrite: bool
+) -> None:
+    from .io import write_exposure
+
+    metadata = dict(result.metadata)
+    metadata["DIRECTION"] = "convolveTemplate" if result.convolveTemplate else "convolveScience"
+    metadata["DIFFSIGN"] = "science - template"
+    metadata["CONFIG"] = " ".join(
+        f"{key}={value}" for key, value in _flatten(config.to_dict()).items()
+    )
+    write_exposure(
+        result.subtractedExposure,
+        output,
+        overwrite=overwrite,
+        header_extra=metadata,
+    )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _summary(result: Any) -> str:
+    m = result.metadata
+    return (
+        f"kernel sum {m['spatialKernelSum']:.4f} (range {m['kernelSumMin']:.4f}..."
+        f"{m['kernelSumMax']:.4f}); candidates {m['nCandidates']}, used "
+        f"{m['nCandidatesUsedInSpatialFit']}, rejected single/ksum/spatial "
+        f"{m['nRejected_singleKernel']}/{m['nRejected_kernelSum']}/{m['nRejected_spatial']}; "
+        f"difference/sqrt(var): median {m['diffimResidualMedian']:.3f}, robust std "
+        f"{m['diffimResidualRobustStd']:.3f}"
+    )
+
+
+def _run_subtract(args: argparse.Namespace) -> int:
+    from .io import check_not_input, read_exposure
+
+    check_not_input(args.output, [args.science, args.template])
+    if Path(args.output).exists() and not args.overwrite:
+        msg = f"{args.output} exists; pass --overwrite to replace it"
+        raise DiffimValueError(msg)
+    config = _make_config(args.config, args.config_file)
+    started = time.perf_counter()
+    options = {"gain": args.gain, "saturation": args.saturation}
+    science = read_exposure(
+        args.science, variance=args.science_variance, mask=args.science_mask, **options
+    )
+    template = read_exposure(
+        args.template, variance=args.template_variance, mask=args.template_mask, **options
+    )
+    log.info("read both images in %.2f s", time.perf_counter() - started)
+    result = subtract_files(science, template, config, args.mode)
+    _write_result(result, config, args.output, overwrite=args.overwrite)
+    if args.png:
+        from .diagnostics import plot_subtraction
+
+        plot_subtraction(
+            science.masked_image,
+            result.warpedExposure.masked_image,
+            result.subtractedExposure.masked_image,
+            result.psfMatchingKernel,
+            args.png,
+        )
+    log.info("%s", _summary(result))
+    log.info("wrote %s in %.2f s in all", args.output, time.perf_counter() - started)
+    return 0
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate_pair, write_pair
+
+    overrides = _parse_values(args.set)
+    pair = simulate_pair(shape=(args.size, args.size), seed=args.seed, **overrides)
+    paths = write_pair(pair, args.out, overwrite=args.overwrite)
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .diagnostics import plot_subtraction
+    from .simulate import simulate_pair, write_pair
+
+    started = time.perf_counter()
+    n_stars = int(1500 * (args.size / 1024) ** 2)
+    pair = simulate_pair(
+        shape=(args.size, args.size),
+        seed=args.seed,
+        n_stars=n_stars,
+        flux_ratio=1.15,
+        science_fwhm=4.5,
+        template_fwhm=3.2,
+        fwhm_gradient=(0.3, 0.1),
+    )
+    paths = write_pair(pair, args.out, overwrite=True)
+    log.info(
+        "simulated a %d x %d pair in %.2f s", args.size, args.size, time.perf_counter() - started
+    )
+    config = ImagePsfMatchConfig()
+    result = subtract_files(pair.science, pair.template, config)
+    out = Path(args.out)
+    _write_result(result, config, str(out / "difference.fits"), overwrite=True)
+    plot_subtraction(
+        pair.science.masked_image,
+        pair.template.masked_image,
+        result.subtractedExposure.masked_image,
+        result.psfMatchingKernel,
+        out / "demo.png",
+    )
+    print(f"simulated pair: {paths['science']}, {paths['template']} (truth: {paths['truth']})")
+    print(f"true kernel sum {pair.truth.flux_ratio:.4f}; {_summary(result)}")
+    print(f"difference: {out / 'difference.fits'}; picture: {out / 'demo.png'}")
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    config = _make_config(args.config, None)
+    print(config_documentation(config))
+    return 0
+
+
+COMMANDS = {
+    "subtract": _run_subtract,
+    "simulate": _run_simulate,
+    "demo": _run_demo,
+    "config": _run_config,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``diffim`` command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args)
+    try:
+        return COMMANDS[args.command](args)
+    except (DiffimValueError, OSError) as error:
+        if args.traceback:
+            raise
+        print(f"diffim: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DiffimError as error:
+        if args.traceback:
+            raise
+        print(f"diffim: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
