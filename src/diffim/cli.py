@@ -288,7 +288,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .simulate import simulate_pair, write_pair
 
     started = time.perf_counter()
-    n_stars = int(1500 * (args.size / 1024) ** 2)
+    n_stars = max(600, int(1500 * (args.size / 1024) ** 2))
     pair = simulate_pair(
         shape=(args.size, args.size),
         seed=args.seed,
