@@ -41,13 +41,19 @@ def simulate_with_model(**parameters):
 
 
 def isolated_stars(truth, *, min_flux, max_flux=np.inf, radius=15.0, frame="science"):
-    """Rows of truth.stars that are constant, unsaturated and have no neighbour within radius."""
+    """Rows of truth.stars that are constant, unsaturated and have no neighbour (star with
+    over 1 % of its flux, transient or galaxy) within ``radius`` pixels."""
     stars = truth.stars
     x, y = np.asarray(stars[f"x_{frame}"]), np.asarray(stars[f"y_{frame}"])
     distance = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
     np.fill_diagonal(distance, np.inf)
     flux = np.asarray(stars["flux_template"])
     crowded = ((distance < radius) & (flux[None, :] > 0.01 * flux[:, None])).any(axis=1)
+    for others in (truth.transients, truth.galaxies):
+        ox, oy = np.asarray(others[f"x_{frame}"]), np.asarray(others[f"y_{frame}"])
+        crowded |= (np.hypot(x[:, None] - ox[None, :], y[:, None] - oy[None, :]) < radius).any(
+            axis=1
+        )
     keep = (
         ~crowded
         & ~np.asarray(stars["is_variable"])
@@ -60,17 +66,17 @@ def isolated_stars(truth, *, min_flux, max_flux=np.inf, radius=15.0, frame="scie
 
 @pytest.fixture(scope="session")
 def varying_pair():
-    """1024² pair: science FWHM 4.5 px and template 3.0 px at the centre, both growing by
+    """2048² pair: science FWHM 4.5 px and template 3.0 px at the centre, both growing by
     35 % across x; flux ratio 1.2; bright transients; Gaussian PSFs."""
     return simulate_with_model(
-        shape=(1024, 1024),
+        shape=(2048, 2048),
         seed=11,
-        n_stars=1500,
+        n_stars=5000,
         science_fwhm=4.5,
         template_fwhm=3.0,
         fwhm_gradient=(0.35, 0.1),
         flux_ratio=1.2,
-        n_transients=12,
+        n_transients=20,
         transient_flux=(3.0e4, 2.0e5),
         n_variables=8,
     )
