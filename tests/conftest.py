@@ -64,6 +64,38 @@ def isolated_stars(truth, *, min_flux, max_flux=np.inf, radius=15.0, frame="scie
     return stars[keep]
 
 
+ARTEFACT_PLANES = ["BAD", "SAT", "CR", "NO_DATA", "EDGE"]
+
+
+def psf_flux(difference, psf, x, y):
+    """Weighted PSF-fit flux (ADU) of a point source at parent (x, y), and its 1σ error."""
+    stamp = psf.draw(x, y)
+    rows, cols = stamp.bbox.slices(difference.xy0)
+    image, variance = difference.image[rows, cols], difference.variance[rows, cols]
+    weight = stamp.array / variance
+    flux = np.sum(weight * image) / np.sum(weight * stamp.array)
+    return flux, 1.0 / np.sqrt(np.sum(weight * stamp.array))
+
+
+def normalized(difference):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = difference.image / np.sqrt(difference.variance)
+    good = np.isfinite(z) & ((difference.mask & difference.bitmask(ARTEFACT_PLANES)) == 0)
+    return z, good
+
+
+def near(points_x, points_y, shape, radius):
+    """Boolean image, True within ``radius`` px of any of the points."""
+    yy, xx = np.indices(shape)
+    result = np.zeros(shape, dtype=bool)
+    for x, y in zip(points_x, points_y, strict=True):
+        x0, y0 = int(x), int(y)
+        r = int(np.ceil(radius)) + 1
+        sub = (slice(max(y0 - r, 0), y0 + r + 1), slice(max(x0 - r, 0), x0 + r + 1))
+        result[sub] |= np.hypot(xx[sub] - x, yy[sub] - y) <= radius
+    return result
+
+
 @pytest.fixture(scope="session")
 def varying_pair():
     """2048² pair: science FWHM 4.5 px and template 3.0 px at the centre, both growing by

@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 import yaml
 
-from diffim.cli import choose_convolve_template, main
+from diffim.cli import main
 from diffim.config import ImagePsfMatchConfig
 from diffim.io import read_exposure
 from diffim.simulate import simulate_pair, write_pair
+from diffim.task import choose_convolve_template
 
 
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory):
     out = tmp_path_factory.mktemp("pair")
-    pair = simulate_pair(shape=(384, 384), seed=4, n_stars=260, flux_ratio=1.1,
-                         science_fwhm=4.0, template_fwhm=3.0)
+    pair = simulate_pair(
+        shape=(384, 384), seed=4, n_stars=260, flux_ratio=1.1, science_fwhm=4.0, template_fwhm=3.0
+    )
     paths = write_pair(pair, out)
     return pair, paths
 
@@ -26,8 +28,18 @@ def pair_files(tmp_path_factory):
 def test_subtract_writes_a_clean_difference(pair_files, tmp_path):
     pair, paths = pair_files
     output = tmp_path / "difference.fits"
-    status = main(["subtract", str(paths["science"]), str(paths["template"]), "-o", str(output),
-                   "--config", "spatialKernelOrder=1", "-q"])
+    status = main(
+        [
+            "subtract",
+            str(paths["science"]),
+            str(paths["template"]),
+            "-o",
+            str(output),
+            "--config",
+            "spatialKernelOrder=1",
+            "-q",
+        ]
+    )
     assert status == 0
     difference = read_exposure(output)
     metadata = difference.metadata
@@ -46,13 +58,23 @@ def test_subtract_refuses_to_overwrite(pair_files, tmp_path, capsys):
     _, paths = pair_files
     output = tmp_path / "difference.fits"
     output.write_text("keep me")
-    status = main(["subtract", str(paths["science"]), str(paths["template"]), "-o", str(output),
-                   "-q"])
+    status = main(
+        ["subtract", str(paths["science"]), str(paths["template"]), "-o", str(output), "-q"]
+    )
     assert status == 2
     assert "--overwrite" in capsys.readouterr().err
     assert output.read_text() == "keep me"
-    status = main(["subtract", str(paths["science"]), str(paths["template"]), "-o",
-                   str(paths["science"]), "-q", "--overwrite"])
+    status = main(
+        [
+            "subtract",
+            str(paths["science"]),
+            str(paths["template"]),
+            "-o",
+            str(paths["science"]),
+            "-q",
+            "--overwrite",
+        ]
+    )
     assert status == 2
 
 
@@ -60,8 +82,16 @@ def test_bad_input_exits_2_without_traceback(tmp_path):
     """A missing file is reported in one line, with status 2 and no Python traceback."""
     not_fits = tmp_path / "science.fits"
     not_fits.write_text("this is not FITS")
-    command = [sys.executable, "-m", "diffim.cli", "subtract", str(not_fits),
-               str(tmp_path / "missing.fits"), "-o", str(tmp_path / "out.fits")]
+    command = [
+        sys.executable,
+        "-m",
+        "diffim.cli",
+        "subtract",
+        str(not_fits),
+        str(tmp_path / "missing.fits"),
+        "-o",
+        str(tmp_path / "out.fits"),
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     assert completed.returncode == 2
     assert completed.stderr.strip().startswith("diffim: error:")
@@ -71,8 +101,18 @@ def test_bad_input_exits_2_without_traceback(tmp_path):
 
 def test_unknown_config_key_is_named(pair_files, tmp_path, capsys):
     _, paths = pair_files
-    status = main(["subtract", str(paths["science"]), str(paths["template"]), "-o",
-                   str(tmp_path / "d.fits"), "--config", "kernelSise=25", "-q"])
+    status = main(
+        [
+            "subtract",
+            str(paths["science"]),
+            str(paths["template"]),
+            "-o",
+            str(tmp_path / "d.fits"),
+            "--config",
+            "kernelSise=25",
+            "-q",
+        ]
+    )
     assert status == 2
     assert "kernelSize" in capsys.readouterr().err
 
@@ -88,8 +128,24 @@ def test_config_prints_a_loadable_file(tmp_path, capsys):
 
 
 def test_simulate_writes_pair_and_truth(tmp_path):
-    assert main(["simulate", "--out", str(tmp_path), "--size", "128", "--seed", "2",
-                 "--set", "n_stars=30", "flux_ratio=1.3", "-q"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--out",
+                str(tmp_path),
+                "--size",
+                "128",
+                "--seed",
+                "2",
+                "--set",
+                "n_stars=30",
+                "flux_ratio=1.3",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "science.fits").exists()
     assert (tmp_path / "template.fits").exists()
     assert (tmp_path / "truth.json").exists()
@@ -105,8 +161,12 @@ def test_demo_runs(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("mode", "template_fwhm", "science_fwhm", "expected"),
-    [("auto", 3.0, 4.0, True), ("auto", 4.0, 3.0, False), ("convolveScience", 3.0, 4.0, False),
-     ("convolveTemplate", 4.0, 3.0, True)],
+    [
+        ("auto", 3.0, 4.0, True),
+        ("auto", 4.0, 3.0, False),
+        ("convolveScience", 3.0, 4.0, False),
+        ("convolveTemplate", 4.0, 3.0, True),
+    ],
 )
 def test_direction_choice(mode, template_fwhm, science_fwhm, expected):
     assert choose_convolve_template(mode, template_fwhm, science_fwhm) is expected

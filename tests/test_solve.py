@@ -91,7 +91,9 @@ def test_zero_variance_raises_without_constant_weighting():
     candidate.template.variance[5, 5] = 0.0
     with pytest.raises(KernelSolutionError, match="zero variance"):
         build_single_kernel(
-            candidate, basis_with_sigma(2.0), fit_background=False,
+            candidate,
+            basis_with_sigma(2.0),
+            fit_background=False,
             constant_variance_weighting=False,
         )
 
@@ -128,8 +130,13 @@ def test_spatial_fit_recovers_linear_kernel_variation():
             )
             candidates.append(candidate)
     solution = solve_spatial_kernel(
-        candidates, basis, bbox=bbox, model_type="chebyshev1", kernel_order=1,
-        background_order=None, constant_first_term=False,
+        candidates,
+        basis,
+        bbox=bbox,
+        model_type="chebyshev1",
+        kernel_order=1,
+        background_order=None,
+        constant_first_term=False,
     )
     for x in (30.0, 250.0, 480.0):
         assert solution.kernel.sum_at(x, 100.0) == pytest.approx(1.0 + 0.2 * x / 512, rel=1e-4)

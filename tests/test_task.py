@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import isolated_stars, simulate_with_model
+from conftest import isolated_stars, near, normalized, psf_flux, simulate_with_model
 from scipy import ndimage
 
 from diffim.config import ImagePsfMatchConfig
@@ -14,37 +14,6 @@ from diffim.errors import (
 from diffim.image import MaskedImage
 from diffim.simulate import simulate_pair
 from diffim.task import ImagePsfMatchTask
-
-ARTEFACT_PLANES = ["BAD", "SAT", "CR", "NO_DATA", "EDGE"]
-
-
-def psf_flux(difference, psf, x, y):
-    """Weighted PSF-fit flux (ADU) of a point source at parent (x, y), and its 1σ error."""
-    stamp = psf.draw(x, y)
-    rows, cols = stamp.bbox.slices(difference.xy0)
-    image, variance = difference.image[rows, cols], difference.variance[rows, cols]
-    weight = stamp.array / variance
-    flux = np.sum(weight * image) / np.sum(weight * stamp.array)
-    return flux, 1.0 / np.sqrt(np.sum(weight * stamp.array))
-
-
-def normalized(difference):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = difference.image / np.sqrt(difference.variance)
-    good = np.isfinite(z) & ((difference.mask & difference.bitmask(ARTEFACT_PLANES)) == 0)
-    return z, good
-
-
-def near(points_x, points_y, shape, radius):
-    """Boolean image, True within ``radius`` px of any of the points."""
-    yy, xx = np.indices(shape)
-    result = np.zeros(shape, dtype=bool)
-    for x, y in zip(points_x, points_y, strict=True):
-        x0, y0 = int(x), int(y)
-        r = int(np.ceil(radius)) + 1
-        sub = (slice(max(y0 - r, 0), y0 + r + 1), slice(max(x0 - r, 0), x0 + r + 1))
-        result[sub] |= np.hypot(xx[sub] - x, yy[sub] - y) <= radius
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +132,11 @@ def test_identical_psfs_difference_noise_is_propagated():
     config.kernel.active.spatialBgOrder = 0
     task = ImagePsfMatchTask(config)
     result = task.subtractMaskedImages(
-        pair.template.masked_image, pair.science.masked_image,
-        list(zip(stars["x_science"], stars["y_science"], strict=True)), 3.5, 3.5,
+        pair.template.masked_image,
+        pair.science.masked_image,
+        list(zip(stars["x_science"], stars["y_science"], strict=True)),
+        3.5,
+        3.5,
     )
     difference = result.subtractedMaskedImage
     _, good = normalized(difference)
@@ -192,12 +164,13 @@ def test_variable_and_one_sided_saturated_stars_are_clipped():
     science = pair.science.masked_image.copy()
     # Saturate the brightest isolated star in the science image only, without flagging it.
     brightest = stars[np.argmax(stars["flux_science"])]
-    ix, iy = int(round(brightest["x_science"])), int(round(brightest["y_science"]))
+    ix, iy = round(brightest["x_science"]), round(brightest["y_science"])
     core = science.image[iy - 2 : iy + 3, ix - 2 : ix + 3]
     np.minimum(core, 0.4 * core.max(), out=core)
-    special = [(brightest["x_science"], brightest["y_science"])] + list(
-        zip(variables["x_science"], variables["y_science"], strict=True)
-    )
+    special = [
+        (brightest["x_science"], brightest["y_science"]),
+        *zip(variables["x_science"], variables["y_science"], strict=True),
+    ]
     positions = list(zip(stars["x_science"], stars["y_science"], strict=True))
     positions += [p for p in special[1:] if p not in positions]
     config = ImagePsfMatchConfig()
@@ -246,8 +219,11 @@ def test_sparse_field_lowers_spatial_orders_with_a_warning():
     task = ImagePsfMatchTask()
     with pytest.warns(PoorlyConstrainedWarning) as records:
         result = task.matchMaskedImages(
-            pair.template.masked_image, pair.science.masked_image,
-            list(zip(stars["x_science"], stars["y_science"], strict=True)), 3.0, 4.0,
+            pair.template.masked_image,
+            pair.science.masked_image,
+            list(zip(stars["x_science"], stars["y_science"], strict=True)),
+            3.0,
+            4.0,
         )
     messages = [str(record.message) for record in records]
     assert any("spatialKernelOrder lowered from 2 to 1" in m for m in messages), messages

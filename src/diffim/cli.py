@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ._version import __version__
 from .config import ImagePsfMatchConfig, config_documentation
 from .errors import DiffimError, DiffimValueError
-from .image import Exposure
+from .task import subtract
 
 log = logging.getLogger("diffim.cli")
 
@@ -163,41 +161,6 @@ def _parse_values(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-def choose_convolve_template(mode: str, template_fwhm: float, science_fwhm: float) -> bool:
-    """Return True when the template is the image to convolve.
-
-    ``auto`` convolves the sharper image, so the kernel never has to deconvolve.
-    """
-    if mode == "auto":
-        return template_fwhm <= science_fwhm
-    return mode == "convolveTemplate"
-
-
-def subtract_files(
-    science: Exposure, template: Exposure, config: ImagePsfMatchConfig, mode: str | None = None
-) -> Any:
-    """Run the task on two exposures, picking the direction from ``mode``."""
-    from .task import ImagePsfMatchTask, exposure_fwhm
-
-    task = ImagePsfMatchTask(config)
-    template_fwhm = exposure_fwhm(template, "template", log)
-    science_fwhm = exposure_fwhm(science, "science", log)
-    convolve_template = choose_convolve_template(mode or config.mode, template_fwhm, science_fwhm)
-    log.info(
-        "FWHM template %.2f px, science %.2f px: convolving the %s",
-        template_fwhm,
-        science_fwhm,
-        "template" if convolve_template else "science image",
-    )
-    return task.subtractExposures(
-        template,
-        science,
-        templateFwhmPix=template_fwhm,
-        scienceFwhmPix=science_fwhm,
-        convolveTemplate=convolve_template,
-    )
-
-
 def _write_result(
     result: Any, config: ImagePsfMatchConfig, output: str, *, overwrite: bool
 ) -> None:
@@ -256,7 +219,7 @@ def _run_subtract(args: argparse.Namespace) -> int:
         args.template, variance=args.template_variance, mask=args.template_mask, **options
     )
     log.info("read both images in %.2f s", time.perf_counter() - started)
-    result = subtract_files(science, template, config, args.mode)
+    result = subtract(science, template, config=config, mode=args.mode)
     _write_result(result, config, args.output, overwrite=args.overwrite)
     if args.png:
         from .diagnostics import plot_subtraction
@@ -303,7 +266,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         "simulated a %d x %d pair in %.2f s", args.size, args.size, time.perf_counter() - started
     )
     config = ImagePsfMatchConfig()
-    result = subtract_files(pair.science, pair.template, config)
+    result = subtract(pair.science, pair.template, config=config)
     out = Path(args.out)
     _write_result(result, config, str(out / "difference.fits"), overwrite=True)
     plot_subtraction(

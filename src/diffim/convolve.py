@@ -1,25 +1,21 @@
 """Convolution of masked images with spatially varying kernels, in afw's convention.
 
 afw's "convolution" is a correlation: a kernel ``k`` of odd size ``2c + 1`` gives
-``out[y, x] = sum_{j,i} in[y - c + j, x - c + i] * k[j, i]``, so a delta kernel at
-``(c + dx, c + dy)`` moves the pixel at ``(x + dx, y + dy)`` to ``(x, y)``.  For the
-spatial kernel ``K(x, y) = sum_p P_p(x, y) K_p`` the polynomial is evaluated at the
-*output* pixel, so ``T ⋆ K = sum_p P_p · (T ⋆ K_p)`` exactly: one correlation per spatial
-term, and for the variance ``var ⋆ K² = sum_{p,q} P_p P_q · (var ⋆ K_p K_q)``.
+``out[y, x] = sum_{j,i} in[y - c + j, x - c + i] k[j, i]`` (a delta at ``(c + dx, c + dy)``
+gives ``out[y, x] = in[y + dy, x + dx]``).  ``K(x, y) = sum_p P_p(x, y) K_p`` is evaluated
+at the *output* pixel, so ``T ⋆ K = sum_p P_p (T ⋆ K_p)`` and ``var ⋆ K² = sum_{p,q} P_p
+P_q (var ⋆ K_p K_q)`` exactly: one correlation per spatial term, no kernel interpolation.
 
-Performance notes (2-core machine, 2048² float32, kernel 21, spatial order 2; see
-``benchmarks/bench_convolve.py``):
+Design, measured on 2 cores (2048² float32, kernel 21, order 2; bench_convolve.py):
 
-* One whole-image FFT per term cost 0.49 s for the 6 image terms and 1.29 s for 15
-  variance terms; overlap-save tiles of ~340² run on a thread per core cost 0.12 s and
-  0.31 s.  Tiles fit in cache, their kernel spectra are computed once at the tile size
-  instead of once per term at the image size, and no full-size complex array is held.
-* The 21 products ``P_p P_q`` of an order-2 polynomial span only the 15 terms of the
-  order-4 polynomial of the same kind (``T_a T_b = (T_{a+b} + T_{|a-b|}) / 2``), so the
-  variance costs 15 exact correlations, not 21, and needs no coarse approximation.
-* The mask is spread with a separable running OR (doubling shifts) on all bits at once,
-  in row stripes on threads: 0.06 s for 4096², against 1.6 s for a per-bit
-  ``scipy.ndimage.maximum_filter1d``.
+* Overlap-save tiles of ~340² on one thread per core beat one whole-image FFT per term
+  by 4-8x (image terms 0.13 s against 1.08 s): tile FFTs stay in cache, kernel spectra
+  are computed once at the tile size, and no full-size complex array is ever held.
+* The 21 products ``P_p P_q`` of order 2 span only the 15 order-4 terms of the same kind
+  (``T_a T_b = (T_{a+b} + T_{|a-b|}) / 2``): the variance costs 15 exact correlations,
+  so no coarser approximation is needed.
+* Masks spread with a separable running OR (log-step shifts) of all bits at once, in
+  row stripes on threads: 0.06 s for 4096², against 1.6 s per-bit ``maximum_filter1d``.
 """
 
 from __future__ import annotations
@@ -51,12 +47,11 @@ __all__ = [
 TILE_STEP = 340
 #: Rows per stripe when spreading masks (stripe plus halo stays in the L2 cache).
 MASK_STRIPE_ROWS = 128
-#: `correlate_valid_stack` picks im2col + matmul ("direct") over FFTs from this many
-#: kernels on, or when (output pixels x kernel pixels) / FFT pixels is below
-#: DIRECT_MAX_WORK_RATIO: 43² stamps with 21² kernels (ratio 115) go direct, 71² stamps
-#: with 27 kernels of 21² (221) or 35² (323) go FFT (bench_convolve.py).
+#: `correlate_valid_stack` uses im2col + matmul ("direct") from this many kernels on, FFTs
+#: below.  For 27 kernels on 43² stamps direct is at best 1.1-1.4x faster, but it runs on
+#: multithreaded OpenBLAS, whose small products slowed from 0.8 ms to 36 ms (median) with
+#: the other core busy (pytest -n 2, Dask); single-threaded pocketfft does not (1-7 ms).
 DIRECT_MIN_KERNELS = 100
-DIRECT_MAX_WORK_RATIO = 170
 
 # (fx, gy): factors of a separable weight, None meaning 1 everywhere.
 _Weight = tuple[np.ndarray | None, np.ndarray | None]
@@ -196,16 +191,12 @@ def correlate_fft(
 
 
 # -- small stamps --------------------------------------------------------------------------
-def _auto_method(stamp_shape: tuple[int, int], basis: np.ndarray) -> str:
-    """Return the fastest `correlate_valid_stack` method for this stamp and basis."""
-    n_basis, size = basis.shape[:2]
+def _auto_method(basis: np.ndarray) -> str:
+    """Return the `correlate_valid_stack` method that "auto" uses for this basis."""
+    n_basis = basis.shape[0]
     if np.all(np.count_nonzero(basis.reshape(n_basis, -1), axis=1) == 1):
         return "gather"
-    n_out = (stamp_shape[0] - size + 1) * (stamp_shape[1] - size + 1)
-    n_fft = np.prod([scipy.fft.next_fast_len(n, real=True) for n in stamp_shape])
-    if n_basis >= DIRECT_MIN_KERNELS or n_out * size**2 < DIRECT_MAX_WORK_RATIO * n_fft:
-        return "direct"
-    return "fft"
+    return "direct" if n_basis >= DIRECT_MIN_KERNELS else "fft"
 
 
 def correlate_valid_stack(
@@ -225,8 +216,8 @@ def correlate_valid_stack(
     method : {"auto", "fft", "direct", "gather"}
         ``"direct"`` is im2col + one matrix product ``(n_basis, size²) @ (size², n_pix)``;
         ``"fft"`` transforms the stamp once and the kernels in one batch; ``"gather"``
-        (delta-function kernels only) copies shifted views.  ``"auto"`` picks the fastest
-        (``DIRECT_MIN_KERNELS``, ``DIRECT_MAX_WORK_RATIO``).
+        (delta-function kernels only) copies shifted views.  ``"auto"`` picks "gather"
+        when it can, else "direct" from ``DIRECT_MIN_KERNELS`` kernels on, else "fft".
 
     Returns
     -------
@@ -241,7 +232,7 @@ def correlate_valid_stack(
         raise DiffimValueError(msg)
     methods = {"fft": _stack_fft, "direct": _stack_direct, "gather": _stack_gather}
     if method == "auto":
-        method = _auto_method(stamp.shape, basis)
+        method = _auto_method(basis)
     if method not in methods:
         msg = f"method must be 'auto', 'fft', 'direct' or 'gather', got {method!r}"
         raise DiffimValueError(msg)

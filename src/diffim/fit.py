@@ -244,7 +244,8 @@ def _clip_kernel_sums(
                 candidate.reject(
                     STAGE_KSUM,
                     f"kernel sum {kernel_sum:.4g} differs from the mean {mean:.4g} by more "
-                    f"than {settings.max_ksum_sigma} σ ({threshold / settings.max_ksum_sigma:.3g})",
+                    f"than {settings.max_ksum_sigma} σ "
+                    f"({threshold / settings.max_ksum_sigma:.3g})",
                 )
                 n_rejected += 1
     rejected[STAGE_KSUM] += n_rejected

@@ -235,7 +235,7 @@ def candidate_residuals(
     variance = variance + _crop(candidate.science.variance, half_width)
     template_bad = (template.mask & bad_mask_bits) != 0
     if template_bad.any():
-        box = np.ones((1,) + kernel_image.shape)
+        box = np.ones((1, *kernel_image.shape))
         template_bad = correlate_valid_stack(template_bad.astype(float), box)[0] > 0
     else:
         template_bad = np.zeros(difference.shape, dtype=bool)

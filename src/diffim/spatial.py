@@ -4,7 +4,8 @@ The kernel that maps the template onto the science image at parent pixel ``(x, y
 
 .. math::
 
-    K(x, y; u, v) = \\sum_i a_i(x, y) B_i(u, v), \\qquad a_i(x, y) = \\sum_p \\theta_{ip} P_p(x, y),
+    K(x, y; u, v) = \\sum_i a_i(x, y) B_i(u, v),
+    \\qquad a_i(x, y) = \\sum_p \\theta_{ip} P_p(x, y),
 
 with ``B_i`` the basis kernels and ``P_p`` the terms of a 2-d Chebyshev (or plain)
 polynomial of order ``n`` in afw's parameter order ``1, x, y, x², xy, y², x³, ...``.
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from numpy.polynomial import chebyshev
 
 from .errors import DiffimValueError
 from .image import BBox
@@ -80,7 +80,7 @@ class SpatialFunction:
 
     def _powers_1d(self, u: np.ndarray) -> list[np.ndarray]:
         values = [np.ones_like(u), u]
-        for degree in range(2, self.order + 1):
+        for _ in range(2, self.order + 1):
             if self.kind == "chebyshev1":
                 values.append(2.0 * u * values[-1] - values[-2])
             else:
@@ -196,7 +196,7 @@ class SpatialKernel:
         return self.function.image(basis_sums @ self.coefficients, bbox)
 
     def term_kernels(self) -> np.ndarray:
-        """Return ``K_p = sum_i theta_ip B_i`` for each spatial term, shape ``(n_terms, size, size)``.
+        """Return ``K_p = sum_i theta_ip B_i`` per spatial term, shape ``(n_terms, size, size)``.
 
         ``K(x, y) = sum_p P_p(x, y) K_p``, so an image is convolved once per spatial term.
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterable
@@ -27,9 +28,9 @@ from .convolve import convolve_masked_image
 from .errors import (
     DeconvolutionWarning,
     DiffimValueError,
-    NotRegisteredError,
     InsufficientKernelSourcesError,
     MaskedPixelsWarning,
+    NotRegisteredError,
     PoorlyConstrainedWarning,
 )
 from .fit import FitResult, FitSettings, fit_spatial_kernel
@@ -37,6 +38,7 @@ from .image import Exposure, MaskedImage
 from .psf import FWHM_PER_SIGMA
 from .sources import measure_fwhm, select_kernel_sources
 from .spatial import SpatialBackground, SpatialKernel, n_spatial_terms
+from .warp import warp_exposure, wcs_agree
 
 __all__ = [
     "ExposureMatchResult",
@@ -44,6 +46,9 @@ __all__ = [
     "ImagePsfMatchTask",
     "MatchResult",
     "SubtractResult",
+    "choose_convolve_template",
+    "exposure_fwhm",
+    "subtract",
 ]
 
 #: Grid (per axis) on which the kernel sum's range over the field is reported.
@@ -258,6 +263,15 @@ class ImagePsfMatchTask:
         )
         return basis
 
+    def _n_fit_parameters(self) -> int:
+        """Unknowns of one candidate's fit: basis kernels plus the background, if fitted."""
+        cfg = self.config.kernel.active
+        if cfg.kernelBasisSet == "alard-lupton":
+            n_basis = sum(n_spatial_terms(degree) for degree in cfg.alardDegGauss)
+        else:
+            n_basis = cfg.kernelSize**2
+        return n_basis + int(cfg.fitForBackground)
+
     def _stamp_half_width(self, kernel_size: int) -> int:
         detection = self.config.kernel.active.detectionConfig
         if detection.scaleByFwhm:
@@ -468,7 +482,7 @@ class ImagePsfMatchTask:
         for masked_image, name in ((template, "template"), (science, "science")):
             _check_usable(masked_image, name, masked_image.bitmask(["NO_DATA"]))
         basis = self.makeKernelBasisList(templateFwhmPix, scienceFwhmPix)
-        n_parameters = len(basis.kernels) + int(self.config.kernel.active.fitForBackground)
+        n_parameters = self._n_fit_parameters()
         cell_set, dropped = self._build_cell_set(
             template, science, positions, basis.kernel_size, n_parameters
         )
@@ -538,7 +552,7 @@ class ImagePsfMatchTask:
             saturation=exposure.saturation,
             saturation_fraction=self.config.selectSaturationFraction,
             bad_mask_bits=exposure.masked_image.bitmask(
-                list(self.config.kernel.active.detectionConfig.badMaskPlanes) + ["BAD", "CR"]
+                [*self.config.kernel.active.detectionConfig.badMaskPlanes, "BAD", "CR"]
             ),
         )
 
@@ -559,15 +573,16 @@ class ImagePsfMatchTask:
         InsufficientKernelSourcesError
             When no star gives a usable stamp; the message counts the reasons.
         """
-        if candidateList is None:
-            candidateList = self.getSelectSources(scienceExposure)
-        positions = _positions(candidateList)
-        n_parameters = (
-            len(self.makeKernelBasisList().kernels)
-            + int(self.config.kernel.active.fitForBackground)
-        )
+        sources = candidateList
+        if sources is None:
+            sources = self.getSelectSources(scienceExposure)
+        positions = _positions(sources)
+        n_parameters = self._n_fit_parameters()
         cell_set, _ = self._build_cell_set(
-            templateExposure.masked_image, scienceExposure.masked_image, positions, kernelSize,
+            templateExposure.masked_image,
+            scienceExposure.masked_image,
+            positions,
+            kernelSize,
             n_parameters,
         )
         kept = sorted(cell_set.candidates(), key=lambda c: -c.rating)
@@ -609,16 +624,18 @@ class ImagePsfMatchTask:
         ExposureMatchResult
         """
         warped = self._registered_template(templateExposure, scienceExposure, doWarping)
-        if templateFwhmPix is None:
-            templateFwhmPix = exposure_fwhm(warped, "template", self.log)
-        if scienceFwhmPix is None:
-            scienceFwhmPix = exposure_fwhm(scienceExposure, "science", self.log)
+        fwhm_template = templateFwhmPix
+        if fwhm_template is None:
+            fwhm_template = exposure_fwhm(warped, "template", self.log)
+        fwhm_science = scienceFwhmPix
+        if fwhm_science is None:
+            fwhm_science = exposure_fwhm(scienceExposure, "science", self.log)
         if convolveTemplate:
             to_convolve, reference = warped, scienceExposure
-            fwhm_convolved, fwhm_reference = templateFwhmPix, scienceFwhmPix
+            fwhm_convolved, fwhm_reference = fwhm_template, fwhm_science
         else:
             to_convolve, reference = scienceExposure, warped
-            fwhm_convolved, fwhm_reference = scienceFwhmPix, templateFwhmPix
+            fwhm_convolved, fwhm_reference = fwhm_science, fwhm_template
         if fwhm_convolved > fwhm_reference * 1.02:
             warnings.warn(
                 f"the convolved image's PSF (FWHM {fwhm_convolved:.2f} px) is broader than the "
@@ -639,8 +656,8 @@ class ImagePsfMatchTask:
         metadata = dict(result.metadata)
         metadata.update(
             {
-                "templateFwhmPix": templateFwhmPix,
-                "scienceFwhmPix": scienceFwhmPix,
+                "templateFwhmPix": fwhm_template,
+                "scienceFwhmPix": fwhm_science,
                 "convolveTemplate": convolveTemplate,
             }
         )
@@ -728,8 +745,7 @@ class ImagePsfMatchTask:
         self, template: Exposure, science: Exposure, do_warping: bool
     ) -> Exposure:
         """Return the template on the science pixel grid (spec §1.3 step 1)."""
-        from .warp import warp_exposure, wcs_agree  # reproject is slow to import
-
+        warping = self.config.kernel.active.warpingConfig
         if template.bbox == science.bbox and wcs_agree(template.wcs, science.wcs, science.bbox):
             return template
         if not do_warping:
@@ -738,7 +754,14 @@ class ImagePsfMatchTask:
                 "allow warping (doWarping=True) or resample the template first"
             )
             raise NotRegisteredError(msg)
-        return warp_exposure(template, science)
+        return warp_exposure(
+            template,
+            science,
+            kernel=warping.warpingKernelName,
+            mask_kernel=warping.maskWarpingKernelName,
+            grow_full_mask=tuple(warping.growFullMask),
+            interp_length=warping.interpLength,
+        )
 
     def subtractMaskedImages(
         self,
@@ -812,3 +835,100 @@ def exposure_fwhm(exposure: Exposure, name: str, log: logging.Logger) -> float:
     fwhm = measure_fwhm(exposure.masked_image, saturation=exposure.saturation)
     log.info("%s has no PSF model; FWHM measured from its stars: %.2f px", name, fwhm)
     return fwhm
+
+
+def choose_convolve_template(mode: str, template_fwhm: float, science_fwhm: float) -> bool:
+    """Return True when the template is the image to convolve.
+
+    Parameters
+    ----------
+    mode : {"auto", "convolveTemplate", "convolveScience"}
+        ``auto`` convolves the image with the narrower PSF, so that the kernel never has to
+        deconvolve.
+    template_fwhm, science_fwhm : float
+        PSF FWHMs in pixels.
+    """
+    if mode == "auto":
+        return template_fwhm <= science_fwhm
+    return mode == "convolveTemplate"
+
+
+def _as_exposure(image: Any, name: str) -> Exposure:
+    """Accept an Exposure, a MaskedImage, an astropy CCDData or a FITS path."""
+    from .io import from_ccddata, read_exposure
+
+    if isinstance(image, Exposure):
+        return image
+    if isinstance(image, MaskedImage):
+        return Exposure(image)
+    if type(image).__name__ == "CCDData":
+        return from_ccddata(image)
+    if isinstance(image, str | os.PathLike):
+        return read_exposure(image)
+    msg = (
+        f"the {name} must be a FITS path, an Exposure, a MaskedImage or a CCDData, "
+        f"got {type(image).__name__}"
+    )
+    raise DiffimValueError(msg)
+
+
+def subtract(
+    science: Any,
+    template: Any,
+    *,
+    config: ImagePsfMatchConfig | None = None,
+    mode: str | None = None,
+    candidateList: Any = None,
+    **overrides: Any,
+) -> ExposureSubtractResult:
+    """Subtract ``template`` from ``science`` in one call.
+
+    Parameters
+    ----------
+    science, template : str, os.PathLike, Exposure, MaskedImage or astropy.nddata.CCDData
+        The two images; paths are read with `diffim.io.read_exposure`.
+    config : ImagePsfMatchConfig, optional
+        Base configuration (defaults if omitted).
+    mode : {"auto", "convolveTemplate", "convolveScience"}, optional
+        Which image to convolve; the config's ``mode`` (``auto``) if omitted.
+    candidateList : optional
+        Kernel star positions (parent pixels); selected on the science image if omitted.
+    **overrides
+        Configuration fields, e.g. ``kernelSize=25, spatialKernelOrder=1``.
+
+    Returns
+    -------
+    ExposureSubtractResult
+        ``result.subtractedExposure`` is science minus template in science units.
+
+    Examples
+    --------
+    >>> import diffim
+    >>> result = diffim.subtract("science.fits", "template.fits", spatialKernelOrder=1)
+    ... # doctest: +SKIP
+    """
+    config = ImagePsfMatchConfig() if config is None else copy.deepcopy(config)
+    if overrides:
+        config.apply_overrides([f"{key}={value!r}" for key, value in overrides.items()])
+    science_exposure = _as_exposure(science, "science")
+    template_exposure = _as_exposure(template, "template")
+    task = ImagePsfMatchTask(config)
+    log = task.log
+    warped = task._registered_template(template_exposure, science_exposure, do_warping=True)
+    template_fwhm = exposure_fwhm(warped, "template", log)
+    science_fwhm = exposure_fwhm(science_exposure, "science", log)
+    convolve_template = choose_convolve_template(mode or config.mode, template_fwhm, science_fwhm)
+    log.info(
+        "FWHM template %.2f px, science %.2f px: convolving the %s",
+        template_fwhm,
+        science_fwhm,
+        "template" if convolve_template else "science image",
+    )
+    return task.subtractExposures(
+        warped,
+        science_exposure,
+        templateFwhmPix=template_fwhm,
+        scienceFwhmPix=science_fwhm,
+        candidateList=candidateList,
+        convolveTemplate=convolve_template,
+    )
