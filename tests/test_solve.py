@@ -152,3 +152,116 @@ def test_spatial_kernel_constant_first_term():
     kernel = SpatialKernel(basis, coefficients, function)
     assert kernel.sum_at(10, 90) == pytest.approx(1.0)
     assert not kernel.is_spatially_varying
+
+
+def test_delta_function_basis_recovers_an_elliptical_gaussian_exactly():
+    """Spec §6.2 testGaussian: a delta-function fit of a point source blurred by a 21x21
+    elliptical Gaussian (σx=2, σy=3, not normalised) returns that kernel pixel for pixel,
+    its sum, and zero background."""
+    from diffim.basis import make_delta_function_basis
+
+    size, stamp = 21, 71
+    template = np.zeros((stamp, stamp))
+    template[stamp // 2, stamp // 2] = 1.0
+    variance = np.full((stamp, stamp), 1e-4)
+    variance[stamp // 2, stamp // 2] = 1.0
+    offsets = np.arange(size) - size // 2
+    kernel = np.outer(np.exp(-0.5 * (offsets / 3.0) ** 2), np.exp(-0.5 * (offsets / 2.0) ** 2))
+    science = ndimage.correlate(template, kernel, mode="constant")
+    candidate = KernelCandidate(
+        35.0,
+        35.0,
+        MaskedImage(template, variance=variance),
+        MaskedImage(science, variance=variance.copy()),
+        rating=1.0,
+    )
+    for constant in (True, False):
+        solution = build_single_kernel(
+            candidate,
+            make_delta_function_basis(size, size),
+            fit_background=True,
+            constant_variance_weighting=constant,
+        )
+        assert solution.kernel_sum == pytest.approx(science.sum(), abs=5e-8)
+        assert solution.background == pytest.approx(0.0, abs=5e-8)
+        np.testing.assert_allclose(solution.kernel_image, kernel, rtol=1e-5)
+
+
+def test_pca_basis_of_identical_kernels():
+    """Spec §6.3 KernelPca: identical kernels have eigenvalues (1, 0, 0) without mean
+    subtraction; with it, all zero and the basis is the mean kernel alone."""
+    from diffim.basis import kernel_pca_basis
+
+    kernel = np.zeros((5, 5))
+    kernel[2, 2] = 1.0
+    kernels = np.array([kernel] * 3)
+    basis, eigenvalues = kernel_pca_basis(kernels, n_components=5, subtract_mean=False)
+    np.testing.assert_allclose(eigenvalues / eigenvalues.sum(), [1, 0, 0], atol=1e-12)
+    basis, eigenvalues = kernel_pca_basis(kernels, n_components=5, subtract_mean=True)
+    np.testing.assert_allclose(eigenvalues, 0, atol=1e-12)
+    assert basis.shape[0] == 1
+    np.testing.assert_allclose(basis[0], kernel)
+
+
+def test_pca_basis_sums_and_norms():
+    """PCA bases are renormalised: the first sums to 1, the others to 0 with unit norm."""
+    from diffim.basis import kernel_pca_basis
+
+    rng = np.random.default_rng(2)
+    kernels = np.array([gaussian_kernel(s) for s in rng.uniform(1.5, 2.5, 12)])
+    basis, eigenvalues = kernel_pca_basis(kernels, n_components=4, subtract_mean=True)
+    assert basis.shape[0] == 4
+    assert basis[0].sum() == pytest.approx(1.0)
+    for component in basis[1:]:
+        assert component.sum() == pytest.approx(0.0, abs=1e-10)
+        assert np.sum(component**2) == pytest.approx(1.0)
+    assert np.all(np.diff(eigenvalues) <= 1e-15)
+
+
+@pytest.mark.parametrize(
+    "lambda_type", ["absolute", "relative", "minimizeUnbiasedRisk", "minimizeBiasedRisk"]
+)
+def test_regularization_smooths_noisy_delta_function_kernels(lambda_type):
+    """Regularized delta-function kernels of a noisy star are smoother than unregularized
+    ones (smaller summed squared Laplacian), with the kernel sum still within the noise."""
+    from diffim.basis import make_delta_function_basis, regularization_matrix
+    from diffim.solve import Regularization
+
+    size = 11
+    candidate, truth = make_candidate(1.5, 1.2, 0.0, noise_sigma=20.0, seed=5)
+    crop = (STAMP - (2 * size + 21)) // 2
+    candidate.template = candidate.template.subimage(
+        BBox(crop, crop, STAMP - 2 * crop, STAMP - 2 * crop)
+    )
+    candidate.science = candidate.science.subimage(
+        BBox(crop, crop, STAMP - 2 * crop, STAMP - 2 * crop)
+    )
+    basis = make_delta_function_basis(size, size)
+    matrix = regularization_matrix(
+        size,
+        size,
+        regularization_type="centralDifference",
+        central_stencil=9,
+        forward_orders=(1,),
+        border_penalty=3.0,
+        fit_for_background=False,
+    )
+    grid = tuple(10.0 ** np.arange(-1, 7.01, 0.25))
+    regularization = Regularization(
+        matrix,
+        lambda_type=lambda_type,
+        lambda_value=1e3,
+        lambda_scaling=1e-3,
+        lambda_grid=grid,
+        max_condition_number=5e6,
+    )
+    plain = build_single_kernel(candidate, basis, fit_background=False)
+    smooth = build_single_kernel(
+        candidate, basis, fit_background=False, regularization=regularization
+    )
+
+    def roughness(kernel):
+        return np.sum(ndimage.laplace(kernel) ** 2)
+
+    assert roughness(smooth.kernel_image) < roughness(plain.kernel_image)
+    assert smooth.kernel_sum == pytest.approx(1.2, abs=5 * plain.kernel_sum_error + 0.01)

@@ -34,6 +34,7 @@ __all__ = [
     "BasisList",
     "alard_lupton_sigmas",
     "generate_alard_lupton_basis",
+    "kernel_pca_basis",
     "make_alard_lupton_basis",
     "make_delta_function_basis",
     "make_kernel_basis",
@@ -573,3 +574,69 @@ def make_kernel_basis(
         return BasisList(make_delta_function_basis(size, size), (), (), size, "config")
     msg = f"kernelBasisSet={config.kernelBasisSet!r} is not 'alard-lupton' or 'delta-function'"
     raise DiffimConfigError(msg)
+
+
+# --------------------------------------------------------------------------------------------
+# Principal components of per-candidate kernels (spec §3.10)
+
+
+def kernel_pca_basis(
+    kernels: ArrayLike, *, n_components: int, subtract_mean: bool = True
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Return a basis of principal-component kernels and the eigenvalues.
+
+    Parameters
+    ----------
+    kernels : array_like, shape (n, size, size)
+        Per-candidate kernel images, each normalised to unit sum by the caller.
+    n_components : int
+        Number of basis kernels to keep, the mean kernel included.
+    subtract_mean : bool
+        Subtract the mean kernel before the analysis and make it the first basis kernel.
+
+    Returns
+    -------
+    basis : numpy.ndarray, shape (m, size, size)
+        ``[mean], e_0, e_1, ...`` renormalised with `renormalize_kernel_list` (the first
+        sums to 1, the others to 0 with unit norm); ``m <= n_components``.
+    eigenvalues : numpy.ndarray
+        Eigenvalues of the Gram matrix ``<I_i, I_j> / n_pixels``, descending.
+
+    Raises
+    ------
+    DiffimValueError
+        If the kernels are all identical after mean subtraction (zero eigenvalues) and no
+        mean kernel is kept.
+
+    Notes
+    -----
+    The snapshot method: the eigenvectors ``Q`` of the small Gram matrix give the
+    eigen-images ``e_k = sum_j Q_jk I_j``, each divided by its pixel of largest ``|value|``.
+    Eigenvalues below ``1e-12`` of the largest are round-off and give no component.
+    """
+    images = np.asarray(kernels, dtype=float)
+    n_images, size = images.shape[0], images.shape[1]
+    flat = images.reshape(n_images, -1)
+    mean = flat.mean(axis=0)
+    if subtract_mean:
+        flat = flat - mean
+    gram = flat @ flat.T / flat.shape[1]
+    eigenvalues, vectors = np.linalg.eigh(gram)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, vectors = eigenvalues[order], vectors[:, order]
+    components = []
+    significant = eigenvalues > 1e-12 * max(eigenvalues[0], 0.0)  # round-off is not a component
+    for k in np.flatnonzero(significant)[:100]:
+        image = vectors[:, k] @ flat
+        extreme = image[np.argmax(np.abs(image))]
+        if extreme != 0 and np.isfinite(extreme):
+            components.append(image / extreme)
+    candidates = ([mean] if subtract_mean else []) + components
+    if not candidates:
+        msg = "the candidate kernels are identical: a PCA basis needs subtractMeanForPca=True"
+        raise DiffimValueError(msg)
+    chosen = [
+        c for c in candidates[: min(n_components, len(candidates))] if np.all(np.isfinite(c))
+    ]
+    basis = renormalize_kernel_list(np.array(chosen).reshape(-1, size, size))
+    return basis, np.clip(eigenvalues, 0.0, None)

@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from .basis import kernel_pca_basis
 from .candidates import CandidateStatus, KernelCandidate, SpatialCellSet
 from .errors import KernelSolutionError, NoKernelCandidatesError
 from .solve import (
@@ -43,6 +44,7 @@ IQR_TO_SIGMA = 0.741301109
 STAGE_BUILD = "singleKernel"
 STAGE_KSUM = "kernelSum"
 STAGE_SPATIAL = "spatial"
+STAGE_PCA = "pca"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class FitSettings:
     constant_variance_weighting: bool = True
     iterate_single_kernel: bool = False
     bad_mask_bits: int = 0
+    use_pca: bool = False
+    subtract_mean_for_pca: bool = True
+    n_principal_components: int = 5
 
 
 @dataclass
@@ -165,8 +170,12 @@ def _build_candidate(
     basis: np.ndarray,
     settings: FitSettings,
     regularization: Regularization | None,
+    solution_name: str = "ORIG",
 ) -> bool:
-    """Fit one candidate's kernel and assess it; return True if it was rejected."""
+    """Fit one candidate's kernel, store it as ``solution_name`` and assess it.
+
+    Returns True if the candidate was rejected.
+    """
     options = {
         "fit_background": settings.fit_background,
         "constant_variance_weighting": settings.constant_variance_weighting,
@@ -186,7 +195,7 @@ def _build_candidate(
     except KernelSolutionError as error:
         candidate.reject(STAGE_BUILD, str(error))
         return True
-    candidate.solutions["ORIG"] = solution
+    candidate.solutions[solution_name] = solution
     return _assess(
         candidate,
         solution.kernel_image,
@@ -253,6 +262,37 @@ def _clip_kernel_sums(
     return n_rejected, mean, std
 
 
+def _pca_basis(
+    cell_set: SpatialCellSet, settings: FitSettings, rejected: Counter
+) -> tuple[int, np.ndarray]:
+    """Build a PCA basis from the visited candidates' kernels and re-fit them with it.
+
+    Returns the number of candidates the re-fit rejected and the basis (spec §3.10).
+    """
+    visited = list(cell_set.visit(settings.n_star_per_cell))
+    kernels = np.array(
+        [c.solutions["ORIG"].kernel_image / c.solutions["ORIG"].kernel_sum for c in visited]
+    )
+    basis, _ = kernel_pca_basis(
+        kernels,
+        n_components=settings.n_principal_components,
+        subtract_mean=settings.subtract_mean_for_pca,
+    )
+    n_rejected = 0
+    for candidate in visited:
+        if _build_candidate(candidate, basis, settings, None, solution_name="PCA"):
+            candidate.rejected_by = STAGE_PCA
+            n_rejected += 1
+    rejected[STAGE_PCA] += n_rejected
+    log.debug(
+        "PCA basis of %d kernels from %d candidates: %d rejected",
+        len(basis),
+        len(visited),
+        n_rejected,
+    )
+    return n_rejected, basis
+
+
 def _solve_spatial(
     cell_set: SpatialCellSet, basis: np.ndarray, settings: FitSettings, rejected: Counter
 ) -> SpatialSolution:
@@ -315,6 +355,9 @@ def fit_spatial_kernel(
         When a stage is left without any usable candidate.
     """
     rejected: Counter = Counter({STAGE_BUILD: 0, STAGE_KSUM: 0, STAGE_SPATIAL: 0})
+    if settings.use_pca:
+        rejected[STAGE_PCA] = 0
+    spatial_basis = basis
     iteration = 0
     n_spatial_rejected = 0
     ksum_mean = ksum_std = float("nan")
@@ -324,7 +367,11 @@ def fit_spatial_kernel(
         n_ksum_rejected, ksum_mean, ksum_std = _clip_kernel_sums(cell_set, settings, rejected)
         if n_ksum_rejected:
             continue
-        solution = _solve_spatial(cell_set, basis, settings, rejected)
+        if settings.use_pca:
+            n_pca_rejected, spatial_basis = _pca_basis(cell_set, settings, rejected)
+            if n_pca_rejected:
+                continue
+        solution = _solve_spatial(cell_set, spatial_basis, settings, rejected)
         n_good, n_spatial_rejected = _assess_spatial(
             cell_set, solution, settings, settings.spatial_kernel_clipping
         )
@@ -345,7 +392,9 @@ def fit_spatial_kernel(
         # spatial model is solved once more (ip_diffim re-solves without building them).
         _build_single_kernels(cell_set, basis, settings, regularization, rejected)
         _, ksum_mean, ksum_std = _clip_kernel_sums(cell_set, settings, rejected)
-        solution = _solve_spatial(cell_set, basis, settings, rejected)
+        if settings.use_pca:
+            _, spatial_basis = _pca_basis(cell_set, settings, rejected)
+        solution = _solve_spatial(cell_set, spatial_basis, settings, rejected)
         _assess_spatial(cell_set, solution, settings, clip=False)
     good = [
         c

@@ -39,29 +39,82 @@ __all__ = [
 ConditionNumberType = Literal["EIGENVALUE", "SVD"]
 
 
+LambdaType = Literal["absolute", "relative", "minimizeBiasedRisk", "minimizeUnbiasedRisk"]
+
+
 @dataclass(frozen=True)
 class Regularization:
-    """A penalty ``lam · H`` added to each candidate's normal matrix (delta-function basis).
+    """A penalty ``λ H`` added to each candidate's normal matrix (delta-function basis).
 
     Parameters
     ----------
     matrix : numpy.ndarray, shape (n, n)
         The regularization matrix ``H`` (background row and column zero).
-    lambda_value : float
-        Absolute weight, used when ``relative_scaling`` is None.
-    relative_scaling : float or None
-        If given, ``lam = relative_scaling · tr(M) / tr(H)``.
+    lambda_type : {"absolute", "relative", "minimizeBiasedRisk", "minimizeUnbiasedRisk"}
+        ``absolute``: ``λ = lambda_value``; ``relative``: ``λ = lambda_scaling ·
+        tr(M)/tr(H)``; the risk types scan ``lambda_grid`` for the λ that minimises an
+        estimate of the risk ``E|a_λ - a|²`` (spec §3.8).
+    lambda_value, lambda_scaling : float
+        See ``lambda_type``.
+    lambda_grid : tuple of float
+        λ values scanned by the risk types.
+    max_condition_number : float
+        The biased risk drops eigenvalues of ``M`` below ``λmax / max_condition_number``
+        from its pseudo-inverse; the unbiased one keeps all non-zero eigenvalues.
     """
 
     matrix: np.ndarray
-    lambda_value: float = 0.0
-    relative_scaling: float | None = None
+    lambda_type: LambdaType = "absolute"
+    lambda_value: float = 0.2
+    lambda_scaling: float = 1.0e-4
+    lambda_grid: tuple[float, ...] = ()
+    max_condition_number: float = np.inf
 
-    def weight(self, normal_matrix: np.ndarray) -> float:
-        """Return ``lam`` for one candidate's normal matrix."""
-        if self.relative_scaling is None:
+    def weight(self, normal_matrix: np.ndarray, normal_vector: np.ndarray) -> float:
+        """Return λ for one candidate's normal equations ``M a = b``."""
+        if self.lambda_type == "absolute":
             return self.lambda_value
-        return self.relative_scaling * np.trace(normal_matrix) / np.trace(self.matrix)
+        if self.lambda_type == "relative":
+            return self.lambda_scaling * np.trace(normal_matrix) / np.trace(self.matrix)
+        tolerance = (
+            self.max_condition_number if self.lambda_type == "minimizeBiasedRisk" else np.inf
+        )
+        risks = _regularization_risks(
+            normal_matrix, normal_vector, self.matrix, np.asarray(self.lambda_grid), tolerance
+        )
+        return float(self.lambda_grid[int(np.nanargmin(risks))])
+
+
+def _regularization_risks(
+    matrix: np.ndarray,
+    vector: np.ndarray,
+    penalty: np.ndarray,
+    lambdas: np.ndarray,
+    tolerance: float,
+) -> np.ndarray:
+    """Risk estimates ``|a_λ|² + 2 (tr (M + λH)⁻¹ - a_λᵀ M⁺ b)`` for each λ (spec §3.8).
+
+    With ``a_λ = (M + λH)⁻¹ b`` and ``M⁺ b`` the (truncated) least-squares solution, this is
+    an unbiased estimate of ``E|a_λ - a|² - |a|²``: ``Cov(a_λ, M⁻¹ b) = (M + λH)⁻¹``.
+    All λ share one generalised eigen-decomposition ``H q = μ M q`` (``M`` positive
+    definite), so each costs only ``O(n²)``.
+    """
+    eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+    keep = eigenvalues > max(eigenvalues[-1] / tolerance, eigenvalues[-1] * 1e-15)
+    least_squares = eigenvectors[:, keep] @ (
+        (eigenvectors[:, keep].T @ vector) / eigenvalues[keep]
+    )
+    # qᵀ M q = I, qᵀ H q = diag(mu); a relative 1e-12 ridge keeps M positive definite
+    ridge = 1e-12 * np.trace(matrix) / len(matrix) * np.eye(len(matrix))
+    mu, q = scipy.linalg.eigh(penalty, matrix + ridge)
+    projected = q.T @ vector
+    risks = []
+    for lam in lambdas:
+        scale = 1.0 / (1.0 + lam * mu)  # (M + λH)⁻¹ = q diag(scale) qᵀ
+        solution = q @ (scale * projected)
+        trace = np.sum(scale * np.sum(q * q, axis=0))
+        risks.append(solution @ solution + 2.0 * (trace - solution @ least_squares))
+    return np.asarray(risks)
 
 
 def solve_normal_equations(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
@@ -196,7 +249,7 @@ def build_single_kernel(
             raise KernelSolutionError(msg)
     system = matrix
     if regularization is not None:
-        system = matrix + regularization.weight(matrix) * regularization.matrix
+        system = matrix + regularization.weight(matrix, vector) * regularization.matrix
     solution = solve_normal_equations(system, vector)
     coefficients = solution[:n_basis]
     sums = np.zeros(len(vector))

@@ -21,7 +21,7 @@ import numpy as np
 from astropy.table import Table
 
 from ._version import __version__
-from .basis import BasisList, make_kernel_basis
+from .basis import BasisList, make_kernel_basis, make_regularization_matrix
 from .candidates import KernelCandidate, SpatialCellSet, candidate_rating, stamp_box
 from .config import ImagePsfMatchConfig
 from .convolve import convolve_masked_image
@@ -36,6 +36,7 @@ from .errors import (
 from .fit import FitResult, FitSettings, fit_spatial_kernel
 from .image import Exposure, MaskedImage
 from .psf import FWHM_PER_SIGMA
+from .solve import Regularization
 from .sources import measure_fwhm, select_kernel_sources
 from .spatial import SpatialBackground, SpatialKernel, n_spatial_terms
 from .warp import warp_exposure, wcs_agree
@@ -290,14 +291,16 @@ class ImagePsfMatchTask:
 
         Stamps shrunk at the image edge are kept only while their fit region (the stamp less
         the kernel half-width on each side) has ``MIN_PIXELS_PER_PARAMETER`` pixels for each
-        of the ``n_parameters`` unknowns of a single-kernel fit.
+        of the ``n_parameters`` unknowns of a single-kernel fit, or is as large as a full
+        stamp's (a delta-function basis has more unknowns than pixels and relies on its
+        regularization).
         """
         cfg = self.config.kernel.active
         vet_bits = template.bitmask(list(cfg.detectionConfig.badMaskPlanes))
         rating_bits = science.bitmask(list(cfg.badMaskPlanes))
         half_width = self._stamp_half_width(kernel_size)
         min_fit_side = int(np.ceil(np.sqrt(MIN_PIXELS_PER_PARAMETER * n_parameters)))
-        min_half_width = kernel_size // 2 + (min_fit_side + 1) // 2
+        min_half_width = min(half_width, kernel_size // 2 + (min_fit_side + 1) // 2)
         cell_set = SpatialCellSet(template.bbox, cfg.sizeCellX, cfg.sizeCellY)
         dropped = {"outside": 0, "edge": 0, "masked": 0, "no signal": 0}
         for x, y in positions:
@@ -363,6 +366,29 @@ class ImagePsfMatchTask:
             constant_variance_weighting=cfg.constantVarianceWeighting,
             iterate_single_kernel=cfg.iterateSingleKernel,
             bad_mask_bits=science.bitmask(list(cfg.badMaskPlanes)),
+            use_pca=cfg.usePcaForSpatialKernel,
+            subtract_mean_for_pca=cfg.subtractMeanForPca,
+            n_principal_components=cfg.numPrincipalComponents,
+        )
+
+    def _regularization(self) -> Regularization | None:
+        """The delta-function basis's regularization (spec §3.4, §3.8), or None."""
+        cfg = self.config.kernel.active
+        if cfg.kernelBasisSet != "delta-function" or not cfg.useRegularization:
+            return None
+        if cfg.lambdaStepType == "log":
+            grid = 10.0 ** np.arange(
+                cfg.lambdaMin, cfg.lambdaMax + cfg.lambdaStep / 2, cfg.lambdaStep
+            )
+        else:
+            grid = np.arange(cfg.lambdaMin, cfg.lambdaMax + cfg.lambdaStep / 2, cfg.lambdaStep)
+        return Regularization(
+            make_regularization_matrix(cfg),
+            lambda_type=cfg.lambdaType,
+            lambda_value=cfg.lambdaValue,
+            lambda_scaling=cfg.lambdaScaling,
+            lambda_grid=tuple(float(v) for v in grid if v > 0),
+            max_condition_number=cfg.maxConditionNumber,
         )
 
     def _diagnose(self, fit: FitResult, settings: FitSettings) -> None:
@@ -489,7 +515,7 @@ class ImagePsfMatchTask:
         self.log.info("%d kernel candidates in %d cells", len(cell_set), len(cell_set.cells))
         timings = {"candidates": time.perf_counter() - started}
         settings = self._fit_settings(science, len(cell_set))
-        fit = fit_spatial_kernel(cell_set, basis.kernels, settings)
+        fit = fit_spatial_kernel(cell_set, basis.kernels, settings, self._regularization())
         self._diagnose(fit, settings)
         timings["fit"] = time.perf_counter() - started - timings["candidates"]
         convolve_start = time.perf_counter()
