@@ -228,7 +228,7 @@ def test_regularization_smooths_noisy_delta_function_kernels(lambda_type):
     from diffim.solve import Regularization
 
     size = 11
-    candidate, truth = make_candidate(1.5, 1.2, 0.0, noise_sigma=20.0, seed=5)
+    candidate, _ = make_candidate(1.5, 1.2, 0.0, noise_sigma=20.0, seed=5)
     crop = (STAMP - (2 * size + 21)) // 2
     candidate.template = candidate.template.subimage(
         BBox(crop, crop, STAMP - 2 * crop, STAMP - 2 * crop)
