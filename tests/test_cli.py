@@ -170,3 +170,38 @@ def test_demo_runs(tmp_path, capsys):
 )
 def test_direction_choice(mode, template_fwhm, science_fwhm, expected):
     assert choose_convolve_template(mode, template_fwhm, science_fwhm) is expected
+
+
+def test_subtract_writes_requested_extra_outputs(pair_files, tmp_path):
+    from astropy.io import fits
+
+    _, paths = pair_files
+    names = {name: tmp_path / f"{name}.fits" for name in ("diff", "matched", "kernel", "bg")}
+    status = main(
+        [
+            "subtract",
+            str(paths["science"]),
+            str(paths["template"]),
+            "-o",
+            str(names["diff"]),
+            "--matched",
+            str(names["matched"]),
+            "--kernel",
+            str(names["kernel"]),
+            "--background",
+            str(names["bg"]),
+            "-q",
+        ]
+    )
+    assert status == 0
+    matched = read_exposure(names["matched"])
+    assert matched.shape == (384, 384)
+    with fits.open(names["kernel"]) as hdus:
+        cube = hdus[0].data
+        sums = hdus["POSITIONS"].data["kernel_sum"]
+    assert cube.shape[0] == 25
+    assert cube.shape[1] == cube.shape[2]
+    np.testing.assert_allclose(cube.sum(axis=(1, 2)), sums, rtol=1e-5)
+    assert np.all(np.abs(sums - 1.1) < 0.02)
+    background = read_exposure(names["bg"]).masked_image.image
+    assert np.all(np.isfinite(background))

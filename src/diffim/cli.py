@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     subtract.add_argument("--overwrite", action="store_true", help="replace an existing output")
     subtract.add_argument("--png", help="also draw science, template, difference, kernel to PNG")
+    subtract.add_argument("--matched", metavar="OUT", help="also write the PSF-matched image")
+    subtract.add_argument(
+        "--kernel", metavar="OUT", help="also write the kernel on a 5x5 grid (FITS cube)"
+    )
+    subtract.add_argument(
+        "--background", metavar="OUT", help="also write the fitted differential background"
+    )
     for frame in ("science", "template"):
         subtract.add_argument(f"--{frame}-variance", help=f"variance map of the {frame} image")
         subtract.add_argument(f"--{frame}-mask", help=f"mask of the {frame} image")
@@ -161,35 +169,6 @@ def _parse_values(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-def _write_result(
-    result: Any, config: ImagePsfMatchConfig, output: str, *, overwrite: bool
-) -> None:
-    from .io import write_exposure
-
-    metadata = dict(result.metadata)
-    metadata["DIRECTION"] = "convolveTemplate" if result.convolveTemplate else "convolveScience"
-    metadata["DIFFSIGN"] = "science - template"
-    metadata["CONFIG"] = " ".join(
-        f"{key}={value}" for key, value in _flatten(config.to_dict()).items()
-    )
-    write_exposure(
-        result.subtractedExposure,
-        output,
-        overwrite=overwrite,
-        header_extra=metadata,
-    )
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _summary(result: Any) -> str:
     m = result.metadata
     return (
@@ -205,7 +184,9 @@ def _summary(result: Any) -> str:
 def _run_subtract(args: argparse.Namespace) -> int:
     from .io import check_not_input, read_exposure
 
-    check_not_input(args.output, [args.science, args.template])
+    for output in (args.output, args.matched, args.kernel, args.background, args.png):
+        if output:
+            check_not_input(output, [args.science, args.template])
     if Path(args.output).exists() and not args.overwrite:
         msg = f"{args.output} exists; pass --overwrite to replace it"
         raise DiffimValueError(msg)
@@ -219,8 +200,20 @@ def _run_subtract(args: argparse.Namespace) -> int:
         args.template, variance=args.template_variance, mask=args.template_mask, **options
     )
     log.info("read both images in %.2f s", time.perf_counter() - started)
-    result = subtract(science, template, config=config, mode=args.mode)
-    _write_result(result, config, args.output, overwrite=args.overwrite)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = subtract(science, template, config=config, mode=args.mode)
+    for number, warning in enumerate(caught, start=1):
+        log.warning("%s: %s", warning.category.__name__, warning.message)
+        result.subtractedExposure.metadata[f"WARN{number}"] = str(warning.message)
+    result.write(args.output, overwrite=args.overwrite)
+    for option, writer in (
+        (args.matched, result.write_matched),
+        (args.kernel, result.write_kernel),
+        (args.background, result.write_background),
+    ):
+        if option:
+            writer(option, overwrite=args.overwrite)
     if args.png:
         from .diagnostics import plot_subtraction
 
@@ -268,7 +261,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     config = ImagePsfMatchConfig()
     result = subtract(pair.science, pair.template, config=config)
     out = Path(args.out)
-    _write_result(result, config, str(out / "difference.fits"), overwrite=True)
+    result.write(out / "difference.fits", overwrite=True)
     plot_subtraction(
         pair.science.masked_image,
         pair.template.masked_image,

@@ -124,10 +124,73 @@ class ExposureSubtractResult(ExposureMatchResult):
     ----------
     subtractedExposure : Exposure
         The difference ``science - template`` in science photometric units, with the
-        science WCS and PSF.
+        science WCS and PSF; its ``metadata`` holds the QA numbers and the configuration.
     """
 
     subtractedExposure: Exposure | None = None
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        direction = "template" if self.convolveTemplate else "science"
+        return (
+            f"<ExposureSubtractResult {self.subtractedExposure.shape[1]}x"
+            f"{self.subtractedExposure.shape[0]} px, {direction} convolved, kernel sum "
+            f"{m.get('spatialKernelSum', float('nan')):.4f}, "
+            f"{m.get('nCandidatesUsedInSpatialFit', 0)}/{m.get('nCandidates', 0)} candidates "
+            f"used, D/σ robust std {m.get('diffimResidualRobustStd', float('nan')):.3f}>"
+        )
+
+    def write(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write the difference (LSST-style IMAGE/MASK/VARIANCE, QA in the header)."""
+        from .io import write_exposure
+
+        write_exposure(self.subtractedExposure, path, overwrite=overwrite)
+
+    def write_matched(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write the PSF-matched (convolved) image."""
+        from .io import write_exposure
+
+        write_exposure(self.matchedExposure, path, overwrite=overwrite)
+
+    def write_background(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write the fitted differential background ``B(x, y)`` as an image (image units)."""
+        from .io import write_exposure
+
+        bbox = self.subtractedExposure.bbox
+        image = self.backgroundModel.image(bbox).astype(self.subtractedExposure.masked_image.dtype)
+        write_exposure(MaskedImage(image, xy0=(bbox.x_min, bbox.y_min)), path, overwrite=overwrite)
+
+    def write_kernel(
+        self, path: str | os.PathLike, *, grid: int = 5, overwrite: bool = False
+    ) -> None:
+        """Write the kernel on a ``grid × grid`` raster over the field as one FITS cube.
+
+        The primary HDU holds the cube ``(grid², size, size)``; the ``POSITIONS`` table
+        gives each plane's parent ``x``, ``y`` and kernel sum.
+        """
+        from astropy.io import fits
+
+        from .io import atomic_write_hdulist
+
+        bbox = self.subtractedExposure.bbox
+        xs = np.linspace(bbox.x_min, bbox.x_max, grid)
+        ys = np.linspace(bbox.y_min, bbox.y_max, grid)
+        positions = [(x, y) for y in ys for x in xs]
+        cube = np.array([self.psfMatchingKernel.image_at(x, y) for x, y in positions])
+        primary = fits.PrimaryHDU(cube.astype(np.float32))
+        primary.header["KSIZE"] = (self.psfMatchingKernel.size, "kernel width (pixels)")
+        primary.header["DIRECTN"] = "template" if self.convolveTemplate else "science"
+        table = fits.BinTableHDU(
+            Table(
+                {
+                    "x": [p[0] for p in positions],
+                    "y": [p[1] for p in positions],
+                    "kernel_sum": cube.sum(axis=(1, 2)),
+                }
+            ),
+            name="POSITIONS",
+        )
+        atomic_write_hdulist(fits.HDUList([primary, table]), path, overwrite=overwrite)
 
 
 def _positions(candidate_list: Any) -> np.ndarray:
@@ -752,6 +815,11 @@ class ImagePsfMatchTask:
             difference.variance /= kernel_sum**2
         metadata = dict(match.metadata)
         metadata.update(difference_statistics(difference, self.config.kernel.active.badMaskPlanes))
+        metadata["DIRECTION"] = "convolveTemplate" if convolveTemplate else "convolveScience"
+        metadata["DIFFSIGN"] = "science - template"
+        metadata["CONFIG"] = " ".join(
+            f"{key}={value}" for key, value in _flatten(self.config.to_dict()).items()
+        )
         subtracted = scienceExposure.copy()
         subtracted.masked_image = difference
         subtracted.metadata.update(metadata)
@@ -831,7 +899,7 @@ class ImagePsfMatchTask:
 def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str]) -> dict:
     """Return robust statistics of ``D / sqrt(var)`` over the usable pixels of a difference.
 
-    Pixels with any of ``bad_mask_planes`` (or ``DETECTED``) set, or a non-finite value,
+    Pixels with any of ``bad_mask_planes`` (or NO_DATA, EDGE) set, or a non-finite value,
     are left out.  The std is ``1.4826 · MAD`` so that stars and transients do not inflate it.
     """
     bad_bits = difference.bitmask([*bad_mask_planes, "NO_DATA", "EDGE"])
@@ -958,3 +1026,14 @@ def subtract(
         candidateList=candidateList,
         convolveTemplate=convolve_template,
     )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested dict to dotted keys."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
