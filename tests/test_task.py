@@ -229,3 +229,22 @@ def test_sparse_field_lowers_spatial_orders_with_a_warning():
     assert any("spatialKernelOrder lowered from 2 to 1" in m for m in messages), messages
     assert result.psfMatchingKernel.function.order == 1
     assert result.psfMatchingKernel.sum_at(128, 128) == pytest.approx(0.9, rel=0.02)
+
+
+def test_bic_chooses_alard_lupton_degrees(varying_pair):
+    """With useBicForKernelBasis the degrees are chosen among 1..alardDegGauss[i] by BIC;
+    the chosen basis still matches the flux ratio."""
+    pair = varying_pair.pair
+    stars = isolated_stars(pair.truth, min_flux=5000.0, radius=20.0)
+    inner = (np.abs(stars["x_science"] - 1024) < 500) & (np.abs(stars["y_science"] - 1024) < 500)
+    positions = list(zip(stars["x_science"][inner], stars["y_science"][inner], strict=True))
+    config = ImagePsfMatchConfig()
+    config.kernel.active.useBicForKernelBasis = True
+    config.kernel.active.alardDegGauss = (2, 2, 1)
+    config.kernel.active.spatialKernelOrder = 1
+    result = ImagePsfMatchTask(config).matchMaskedImages(
+        pair.template.masked_image, pair.science.masked_image, positions, 3.0, 4.5
+    )
+    degrees = result.metadata["ALBasisDegGauss"]
+    assert all(1 <= d <= limit for d, limit in zip(degrees, (2, 2, 1), strict=True))
+    assert result.psfMatchingKernel.sum_at(1024, 1024) == pytest.approx(1.2, rel=0.01)

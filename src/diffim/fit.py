@@ -34,7 +34,13 @@ from .solve import (
     solve_spatial_kernel,
 )
 
-__all__ = ["FitResult", "FitSettings", "clipped_mean_std", "fit_spatial_kernel"]
+__all__ = [
+    "FitResult",
+    "FitSettings",
+    "clipped_mean_std",
+    "fit_spatial_kernel",
+    "select_basis_by_bic",
+]
 
 log = logging.getLogger(__name__)
 
@@ -413,3 +419,57 @@ def fit_spatial_kernel(
         spatial_residual_std=float(np.mean(stds)) if stds else float("nan"),
         iterations=iteration + 1,
     )
+
+
+def select_basis_by_bic(
+    cell_set: SpatialCellSet, bases: dict[tuple[int, ...], np.ndarray], settings: FitSettings
+) -> tuple[tuple[int, ...], dict[tuple[int, ...], int]]:
+    """Choose among candidate bases by the Bayesian information criterion (spec §3.13).
+
+    Every visited candidate is fitted with every basis; a fit that passes the single-kernel
+    clipping scores ``BIC = Σ (D/σ)² + k ln n`` (``k`` basis kernels, ``n`` fit pixels).
+    Each candidate votes for its lowest-BIC basis; the most voted wins, ties going to the
+    smaller basis.  Unlike ip_diffim this needs no minimum number of distinct winners.
+
+    Parameters
+    ----------
+    cell_set : SpatialCellSet
+        Candidates; their solutions and status are overwritten (use a throw-away set).
+    bases : dict
+        Basis kernels keyed by a label (e.g. the polynomial degrees).
+    settings : FitSettings
+        Clipping limits and weighting.
+
+    Returns
+    -------
+    best : tuple
+        The winning key.
+    votes : dict
+        Number of candidates preferring each key.
+
+    Raises
+    ------
+    NoKernelCandidatesError
+        If no candidate could be fitted with any basis.
+    """
+    visited = list(cell_set.visit(settings.n_star_per_cell))
+    votes = dict.fromkeys(bases, 0)
+    for candidate in visited:
+        scores = {}
+        for key, basis in bases.items():
+            candidate.status, candidate.solutions = CandidateStatus.UNKNOWN, {}
+            if _build_candidate(candidate, basis, settings, None):
+                continue
+            solution = candidate.solutions["ORIG"]
+            difference, variance, usable = candidate_residuals(
+                candidate, solution.kernel_image, solution.background, settings.bad_mask_bits
+            )
+            chi2 = float(np.sum(difference[usable] ** 2 / variance[usable]))
+            scores[key] = chi2 + len(basis) * np.log(usable.sum())
+        if scores:
+            votes[min(scores, key=scores.get)] += 1
+    if not any(votes.values()):
+        raise NoKernelCandidatesError(len(cell_set), {"bic": len(visited)}, "BIC")
+    best = max(votes, key=lambda key: (votes[key], -len(bases[key])))
+    log.info("BIC votes per basis: %s; chose %s", votes, best)
+    return best, votes

@@ -9,6 +9,7 @@ fields are ip_diffim's (``matchedImage``, ``psfMatchingKernel``, ``backgroundMod
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 import time
@@ -21,7 +22,12 @@ import numpy as np
 from astropy.table import Table
 
 from ._version import __version__
-from .basis import BasisList, make_kernel_basis, make_regularization_matrix
+from .basis import (
+    BasisList,
+    generate_alard_lupton_basis,
+    make_kernel_basis,
+    make_regularization_matrix,
+)
 from .candidates import KernelCandidate, SpatialCellSet, candidate_rating, stamp_box
 from .config import ImagePsfMatchConfig
 from .convolve import convolve_masked_image
@@ -33,7 +39,7 @@ from .errors import (
     NotRegisteredError,
     PoorlyConstrainedWarning,
 )
-from .fit import FitResult, FitSettings, fit_spatial_kernel
+from .fit import FitResult, FitSettings, fit_spatial_kernel, select_basis_by_bic
 from .image import Exposure, MaskedImage
 from .psf import FWHM_PER_SIGMA
 from .solve import Regularization
@@ -434,6 +440,35 @@ class ImagePsfMatchTask:
             n_principal_components=cfg.numPrincipalComponents,
         )
 
+    def _bic_basis(
+        self,
+        basis: BasisList,
+        stamps: tuple,
+        template_fwhm: float | None,
+        science_fwhm: float | None,
+    ) -> BasisList:
+        """Choose the Alard-Lupton polynomial degrees by BIC (spec §3.13).
+
+        Every degree combination with ``1 <= d_i <= alardDegGauss[i]`` is tried on a
+        throw-away cell set of the same candidates.
+        """
+        cfg = self.config.kernel.active
+        if cfg.kernelBasisSet != "alard-lupton":
+            return basis
+        template, science, positions, n_parameters = stamps
+        scratch, _ = self._build_cell_set(
+            template, science, positions, basis.kernel_size, n_parameters
+        )
+        choices = itertools.product(*(range(1, degree + 1) for degree in cfg.alardDegGauss))
+        bases = {
+            degrees: generate_alard_lupton_basis(
+                cfg, template_fwhm, science_fwhm, basis_deg_gauss=degrees
+            ).kernels
+            for degrees in choices
+        }
+        best, _ = select_basis_by_bic(scratch, bases, self._fit_settings(science, len(scratch)))
+        return generate_alard_lupton_basis(cfg, template_fwhm, science_fwhm, basis_deg_gauss=best)
+
     def _regularization(self) -> Regularization | None:
         """The delta-function basis's regularization (spec §3.4, §3.8), or None."""
         cfg = self.config.kernel.active
@@ -575,6 +610,13 @@ class ImagePsfMatchTask:
         cell_set, dropped = self._build_cell_set(
             template, science, positions, basis.kernel_size, n_parameters
         )
+        if self.config.kernel.active.useBicForKernelBasis:
+            basis = self._bic_basis(
+                basis,
+                (template, science, positions, n_parameters),
+                templateFwhmPix,
+                scienceFwhmPix,
+            )
         self.log.info("%d kernel candidates in %d cells", len(cell_set), len(cell_set.cells))
         timings = {"candidates": time.perf_counter() - started}
         settings = self._fit_settings(science, len(cell_set))
