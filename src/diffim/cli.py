@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from . import progress
 from ._version import __version__
 from .config import ImagePsfMatchConfig, config_documentation
 from .errors import DiffimError, DiffimValueError
@@ -146,6 +147,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         stream=sys.stderr,
     )
     logging.captureWarnings(True)
+    progress.enable(sys.stderr.isatty() and not args.quiet)
 
 
 def _make_config(overrides: list[str], config_file: str | None) -> ImagePsfMatchConfig:

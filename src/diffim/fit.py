@@ -25,6 +25,7 @@ import numpy as np
 from .basis import kernel_pca_basis
 from .candidates import CandidateStatus, KernelCandidate, SpatialCellSet
 from .errors import KernelSolutionError, NoKernelCandidatesError
+from .progress import progress_bar
 from .solve import (
     Regularization,
     SpatialSolution,
@@ -222,9 +223,11 @@ def _build_single_kernels(
     """Fit every visited, not yet built candidate; repeat until a pass rejects none."""
     while True:
         n_rejected = 0
-        for candidate in cell_set.visit(settings.n_star_per_cell):
-            if not candidate.is_built:
-                n_rejected += _build_candidate(candidate, basis, settings, regularization)
+        with progress_bar(None, "fitting kernel candidates") as bar:
+            for candidate in cell_set.visit(settings.n_star_per_cell):
+                if not candidate.is_built:
+                    n_rejected += _build_candidate(candidate, basis, settings, regularization)
+                    bar.update(1)
         rejected[STAGE_BUILD] += n_rejected
         log.debug("single-kernel pass: %d rejected", n_rejected)
         if n_rejected == 0:
