@@ -205,3 +205,39 @@ def test_subtract_writes_requested_extra_outputs(pair_files, tmp_path):
     assert np.all(np.abs(sums - 1.1) < 0.02)
     background = read_exposure(names["bg"]).masked_image.image
     assert np.all(np.isfinite(background))
+
+
+def test_decorrelated_difference_and_score_image(pair_files, tmp_path):
+    """--decorrelate whitens the difference (neighbouring pixels uncorrelated, D/σ ~ 1);
+    --score writes the point-source S/N image, ~N(0, 1) in empty sky."""
+    pair, paths = pair_files
+    output, score = tmp_path / "diff.fits", tmp_path / "score.fits"
+    status = main(
+        [
+            "subtract",
+            str(paths["science"]),
+            str(paths["template"]),
+            "-o",
+            str(output),
+            "--decorrelate",
+            "--score",
+            str(score),
+            "-q",
+        ]
+    )
+    assert status == 0
+    difference = read_exposure(output)
+    assert difference.metadata["DECORR"] is True
+    image = difference.masked_image
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = image.image / np.sqrt(image.variance)
+    good = np.isfinite(z) & (image.mask == 0)
+    sky = good & (np.abs(z) < 5)
+    shifted = np.roll(z, 1, axis=1)
+    pairs = sky & np.roll(sky, 1, axis=1)
+    correlation = np.corrcoef(z[pairs], shifted[pairs])[0, 1]
+    assert abs(correlation) < 0.05
+    assert difference.metadata["diffimResidualRobustStd"] == pytest.approx(1.0, abs=0.05)
+    score_image = read_exposure(score).masked_image.image
+    finite = np.isfinite(score_image) & good
+    assert np.median(np.abs(score_image[finite])) / 0.6745 == pytest.approx(1.0, abs=0.1)

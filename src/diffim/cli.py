@@ -78,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     subtract.add_argument("--png", help="also draw science, template, difference, kernel to PNG")
     subtract.add_argument("--matched", metavar="OUT", help="also write the PSF-matched image")
     subtract.add_argument(
+        "--decorrelate",
+        action="store_true",
+        help="whiten the difference's noise correlated by the convolution (and its variance)",
+    )
+    subtract.add_argument(
+        "--score",
+        metavar="OUT",
+        help="also write the score image: point-source S/N per pixel (threshold it at 5)",
+    )
+    subtract.add_argument(
         "--kernel", metavar="OUT", help="also write the kernel on a 5x5 grid (FITS cube)"
     )
     subtract.add_argument(
@@ -186,7 +196,7 @@ def _summary(result: Any) -> str:
 def _run_subtract(args: argparse.Namespace) -> int:
     from .io import check_not_input, read_exposure
 
-    for output in (args.output, args.matched, args.kernel, args.background, args.png):
+    for output in (args.output, args.matched, args.kernel, args.background, args.png, args.score):
         if output:
             check_not_input(output, [args.science, args.template])
     if Path(args.output).exists() and not args.overwrite:
@@ -204,7 +214,9 @@ def _run_subtract(args: argparse.Namespace) -> int:
     log.info("read both images in %.2f s", time.perf_counter() - started)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = subtract(science, template, config=config, mode=args.mode)
+        result = subtract(
+            science, template, config=config, mode=args.mode, decorrelate=args.decorrelate
+        )
     for number, warning in enumerate(caught, start=1):
         log.warning("%s: %s", warning.category.__name__, warning.message)
         result.subtractedExposure.metadata[f"WARN{number}"] = str(warning.message)
@@ -216,6 +228,16 @@ def _run_subtract(args: argparse.Namespace) -> int:
     ):
         if option:
             writer(option, overwrite=args.overwrite)
+    if args.score:
+        from .decorrelate import score_image
+        from .io import write_exposure
+
+        difference = result.subtractedExposure
+        write_exposure(
+            score_image(difference.masked_image, difference.psf),
+            args.score,
+            overwrite=args.overwrite,
+        )
     if args.png:
         from .diagnostics import plot_subtraction
 

@@ -19,6 +19,14 @@ variance per image are used for the whole image.
 `score_image` turns a (decorrelated) difference into the matched-filter signal-to-noise of
 a point source at every pixel (spec §5.4), which can be thresholded at 5 directly.
 
+Where this differs from ip_diffim (each a choice the spec leaves open or an improvement):
+
+* the FFT grid of spec step 6 is enlarged to a 2-3-5-smooth size (`fft_shape`);
+* pixels flagged BAD, SAT, CR or NO_DATA are filled like non-finite ones
+  (``fill_mask_planes``), and the mean is removed before the zero-padded FFT;
+* a convolve-science difference's variance is divided by the kernel-sum *image* it was
+  divided by (ip_diffim uses the sum at the centre).
+
 References
 ----------
 Reiss & Lupton 2016, DMTN-021, "Implementation of image difference decorrelation".
@@ -27,6 +35,7 @@ Alard & Lupton 1998, ApJ 503, 325.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,28 +51,26 @@ from .image import MaskedImage
 from .spatial import SpatialKernel
 
 __all__ = [
+    "ARTEFACT_MASK_PLANES",
     "DEFAULT_IGNORE_MASK_PLANES",
-    "SCORE_BAD_MASK_PLANES",
     "DecorrelationFilter",
     "decorrelate_difference",
     "decorrelation_filter",
     "decorrelation_kernel",
+    "fft_shape",
     "score_image",
 ]
 
+log = logging.getLogger(__name__)
+
 #: Mask planes left out of the clipped-mean variances (``DecorrelateALKernelConfig``).
 DEFAULT_IGNORE_MASK_PLANES = (
-    "INTRP",
-    "EDGE",
-    "DETECTED",
-    "SAT",
-    "CR",
-    "BAD",
-    "NO_DATA",
-    "DETECTED_NEGATIVE",
-)
-#: Mask planes whose pixels get zero weight in the score image.
-SCORE_BAD_MASK_PLANES = ("BAD", "SAT", "NO_DATA", "CR")
+    "INTRP", "EDGE", "DETECTED", "SAT", "CR", "BAD", "NO_DATA", "DETECTED_NEGATIVE",
+)  # fmt: skip
+#: Artefact planes: their pixels are filled with the mean before filtering (and restored),
+#: and get zero weight in the score image.  A cosmic ray or bad column left in would ring
+#: through the decorrelation kernel into its unmasked neighbours.
+ARTEFACT_MASK_PLANES = ("BAD", "SAT", "CR", "NO_DATA")
 #: Above this ratio of the convolved to the unconvolved image's variance the high-frequency
 #: gain ``sqrt(σ²_c / σ²_n)`` of the filter amplifies rounding noise (ip_diffim warns too).
 MAX_VARIANCE_RATIO = 1.0e8
@@ -81,22 +88,15 @@ class DecorrelationFilter:
         The real, even filter ``φ̂`` (dimensionless); ``phi_hat[0, 0] == 1``.
     kernel_hat : numpy.ndarray, shape (ny, nx // 2 + 1)
         Transform of the convolution that afw's correlation with ``κ`` is, ``conj(K̂)``.
-    variance_unconvolved, variance_convolved : float
-        ``σ²_n`` and ``σ²_c`` used, in image units squared.
-    kernel_sum : float
-        ``κ_s = Σ κ``.
     """
 
     fft_shape: tuple[int, int]
     phi_hat: np.ndarray
     kernel_hat: np.ndarray
-    variance_unconvolved: float
-    variance_convolved: float
-    kernel_sum: float
 
-    def real_space(self, transfer: np.ndarray) -> np.ndarray:
+    def real_space(self, transfer: np.ndarray, workers: int = 1) -> np.ndarray:
         """Return the kernel of a transfer function, centred on pixel ``(0, 0)`` (wrapped)."""
-        return scipy.fft.irfft2(transfer, s=self.fft_shape)
+        return scipy.fft.irfft2(transfer, s=self.fft_shape, workers=workers)
 
     def noise_weights(self) -> tuple[float, float]:
         """Return ``(w_n, w_c)``: the sums of the squared real-space kernels ``φ`` and ``κ ∗ φ``.
@@ -159,6 +159,7 @@ def decorrelation_filter(
     variance_unconvolved: float,
     variance_convolved: float,
     shape: tuple[int, int],
+    workers: int | None = None,
 ) -> DecorrelationFilter:
     """Return the decorrelation filter of a matching kernel on a padded FFT grid.
 
@@ -172,6 +173,8 @@ def decorrelation_filter(
         before convolution, in image units squared; ``σ²_n + σ²_c > 0``.
     shape : tuple of int
         ``(ny, nx)`` of the FFT grid (see `fft_shape`).
+    workers : int, optional
+        Threads for the FFT; all available cores by default.
 
     Returns
     -------
@@ -182,22 +185,13 @@ def decorrelation_filter(
     if not (s_n >= 0.0 and s_c >= 0.0 and s_n + s_c > 0.0):
         msg = f"mean variances must be >= 0 and not both 0, got σ²_n={s_n}, σ²_c={s_c}"
         raise DiffimValueError(msg)
-    if s_n == 0.0 or s_c / s_n > MAX_VARIANCE_RATIO:
-        warnings.warn(
-            f"the convolved image's variance {s_c:.3g} is over {MAX_VARIANCE_RATIO:.0e} times "
-            f"the unconvolved one's {s_n:.3g}: the decorrelation gain is unstable; check "
-            "the variance planes",
-            DiffimWarning,
-            stacklevel=3,
-        )
-    kernel_hat = scipy.fft.rfft2(_centered_at_origin(kernel, shape))
+    padded = _centered_at_origin(kernel, shape)
+    kernel_hat = scipy.fft.rfft2(padded, workers=_resolve_workers(workers))
     kernel_sum = float(kernel.sum())
     denominator = np.maximum(s_n + s_c * np.abs(kernel_hat) ** 2, 1000 * np.finfo(float).tiny)
     phi_hat = np.sqrt((s_n + s_c * kernel_sum**2) / denominator)
     phi_hat[0, 0] = 1.0  # exact flux conservation, also against rounding
-    return DecorrelationFilter(
-        (int(shape[0]), int(shape[1])), phi_hat, np.conj(kernel_hat), s_n, s_c, kernel_sum
-    )
+    return DecorrelationFilter((int(shape[0]), int(shape[1])), phi_hat, np.conj(kernel_hat))
 
 
 def decorrelation_kernel(
@@ -222,7 +216,7 @@ def decorrelation_kernel(
     -------
     numpy.ndarray, shape (size, size)
         ``φ`` centred on pixel ``size // 2``, float64; it sums to one up to the part of its
-        wings beyond the stamp.
+        wings beyond the stamp (7 % for a 25-pixel stamp when ``σ²_c = 100 σ²_n``).
     """
     kernel = _check_kernel_image("kernel_image", kernel_image)
     size = kernel.shape[1] if size is None else int(size)
@@ -249,33 +243,6 @@ def _kernel_at(
     return _check_kernel_image("psf_matching_kernel", psf_matching_kernel)
 
 
-def _variance_plane(
-    name: str, variance: MaskedImage | np.ndarray, difference: MaskedImage
-) -> tuple[np.ndarray, np.ndarray, MaskedImage]:
-    """Return ``(variance, mask, owner)`` of an input; a bare array uses the difference's mask."""
-    owner = variance if isinstance(variance, MaskedImage) else difference
-    plane = variance.variance if isinstance(variance, MaskedImage) else np.asarray(variance)
-    if plane.shape != difference.shape:
-        msg = f"{name} has shape {plane.shape}, the difference {difference.shape}; pass planes "
-        msg += "on the difference's pixel grid"
-        raise DiffimValueError(msg)
-    if isinstance(variance, MaskedImage) and variance.xy0 != difference.xy0:
-        msg = f"{name} starts at {variance.xy0}, the difference at {difference.xy0}"
-        raise DiffimValueError(msg)
-    return plane, owner.mask, owner
-
-
-def _mean_variance(
-    name: str, plane: np.ndarray, mask: np.ndarray, owner: MaskedImage, planes: Sequence[str]
-) -> float:
-    """Return the 3σ-clipped (3 iterations) mean of the usable pixels of a variance plane."""
-    usable = np.isfinite(plane) & ((mask & owner.bitmask(tuple(planes))) == 0)
-    if not usable.any():
-        msg = f"every pixel of {name} is masked ({', '.join(planes)}) or not finite"
-        raise DiffimValueError(msg)
-    return clipped_mean_std(plane[usable])[0]
-
-
 def _filtered(
     array: np.ndarray, transfer: np.ndarray, shape: tuple[int, int], workers: int
 ) -> np.ndarray:
@@ -298,7 +265,7 @@ def _propagated_variance(
     bad = np.zeros(planes[0].shape, dtype=bool)
     for plane, mean, transfer in zip(planes, means, transfers, strict=True):
         finite = np.isfinite(plane)
-        squared = decorrelation.real_space(transfer) ** 2
+        squared = decorrelation.real_space(transfer, workers) ** 2
         squared_hat = scipy.fft.rfft2(squared, workers=workers)
         total += _filtered(
             np.where(finite, plane, mean), squared_hat, decorrelation.fft_shape, workers
@@ -317,6 +284,7 @@ def decorrelate_difference(
     template_matched: bool = True,
     position: tuple[float, float] | None = None,
     ignore_mask_planes: Sequence[str] = DEFAULT_IGNORE_MASK_PLANES,
+    fill_mask_planes: Sequence[str] = ARTEFACT_MASK_PLANES,
     complete_variance_propagation: bool = False,
     kernel_sum: float | np.ndarray | None = None,
     workers: int | None = None,
@@ -339,6 +307,11 @@ def decorrelate_difference(
         Parent ``(x, y)`` at which the kernel is evaluated; the box centre by default.
     ignore_mask_planes : sequence of str
         Planes left out of the clipped-mean variances.
+    fill_mask_planes : sequence of str
+        Pixels with these planes set are treated like non-finite ones: replaced by the
+        mean before filtering and restored afterwards.  ip_diffim fills only non-finite
+        pixels (pass ``()``); then a cosmic ray's or bad column's value leaks into its
+        unmasked neighbours through the wings of ``φ``.
     complete_variance_propagation : bool
         Convolve the input variance planes with the squared filters instead of scaling them
         by the filters' white-noise gains (more exact where the variance varies; slower).
@@ -362,19 +335,29 @@ def decorrelate_difference(
     """
     position = difference.bbox.center if position is None else position
     kernel = _kernel_at(psf_matching_kernel, position)
-    planes, means = _input_variances(
-        difference, science_variance, template_variance, ignore_mask_planes
-    )
+    inputs = {"science_variance": science_variance, "template_variance": template_variance}
+    planes, means = _input_variances(difference, inputs, ignore_mask_planes)
     if not template_matched:  # the science image was convolved
         planes, means = planes[::-1], means[::-1]
+    if means[0] == 0.0 or means[1] / means[0] > MAX_VARIANCE_RATIO:
+        warnings.warn(
+            f"the convolved image's mean variance {means[1]:.3g} is over "
+            f"{MAX_VARIANCE_RATIO:.0e} times the unconvolved one's {means[0]:.3g}: the "
+            "decorrelation gain sqrt(ratio) is unstable; check the variance planes",
+            DiffimWarning,
+            stacklevel=2,
+        )
+    workers = _resolve_workers(workers)
+    shape = fft_shape(difference.shape, kernel.shape)
+    log.info("decorrelating: σ²_n=%.4g σ²_c=%.4g, FFT grid %s", means[0], means[1], shape)
     decorrelation = decorrelation_filter(
         kernel,
         variance_unconvolved=means[0],
         variance_convolved=means[1],
-        shape=fft_shape(difference.shape, kernel.shape),
+        shape=shape,
+        workers=workers,
     )
-    workers = _resolve_workers(workers)
-    image = _decorrelated_image(difference.image, decorrelation, workers)
+    image = _decorrelated_image(difference, tuple(fill_mask_planes), decorrelation, workers)
     if complete_variance_propagation:
         variance = _propagated_variance(planes, means, decorrelation, workers)
     else:
@@ -395,38 +378,53 @@ def decorrelate_difference(
 
 def _input_variances(
     difference: MaskedImage,
-    science_variance: MaskedImage | np.ndarray,
-    template_variance: MaskedImage | np.ndarray,
+    inputs: dict[str, MaskedImage | np.ndarray],
     ignore_mask_planes: Sequence[str],
 ) -> tuple[list[np.ndarray], list[float]]:
-    """Return the science and template variance planes and their clipped means."""
+    """Return the variance planes of the inputs and their clipped means.
+
+    A bare array is averaged over the pixels that the difference's mask leaves.
+    """
     planes, means = [], []
-    for name, given in (
-        ("science_variance", science_variance),
-        ("template_variance", template_variance),
-    ):
-        plane, mask, owner = _variance_plane(name, given, difference)
+    for name, given in inputs.items():
+        owner = given if isinstance(given, MaskedImage) else difference
+        plane = given.variance if isinstance(given, MaskedImage) else np.asarray(given)
+        if plane.shape != difference.shape or owner.xy0 != difference.xy0:
+            msg = f"{name} has shape {plane.shape} at {owner.xy0}, the difference "
+            msg += f"{difference.shape} at {difference.xy0}; pass planes on its pixel grid"
+            raise DiffimValueError(msg)
+        bits = owner.bitmask(tuple(ignore_mask_planes))
+        usable = np.isfinite(plane) & ((owner.mask & bits) == 0)
+        if not usable.any():
+            msg = f"every pixel of {name} is masked ({', '.join(ignore_mask_planes)}) or "
+            msg += "not finite; pass fewer ignore_mask_planes"
+            raise DiffimValueError(msg)
         planes.append(plane)
-        means.append(_mean_variance(name, plane, mask, owner, ignore_mask_planes))
+        means.append(clipped_mean_std(plane[usable])[0])
     return planes, means
 
 
 def _decorrelated_image(
-    image: np.ndarray, decorrelation: DecorrelationFilter, workers: int
+    difference: MaskedImage,
+    fill_mask_planes: Sequence[str],
+    decorrelation: DecorrelationFilter,
+    workers: int,
 ) -> np.ndarray:
-    """Filter an image by ``φ̂`` (float64); non-finite pixels are filled, then restored.
+    """Filter an image by ``φ̂`` (float64); unusable pixels are filled, then restored.
 
-    The mean of the finite pixels is removed before the zero-padded FFT and added back
-    (``φ̂(0) = 1`` keeps a constant), so a residual background does not ring at the edges.
+    Non-finite pixels and those with ``fill_mask_planes`` set take the mean of the others.
+    That mean is removed before the zero-padded FFT and added back (``φ̂(0) = 1`` keeps a
+    constant), so a residual background does not ring at the edges.
     """
-    finite = np.isfinite(image)
-    if not finite.any():
-        msg = "every pixel of the difference is NaN or infinite; nothing to decorrelate"
+    image = difference.image
+    keep = np.isfinite(image) & ((difference.mask & difference.bitmask(fill_mask_planes)) == 0)
+    if not keep.any():
+        msg = "every pixel of the difference is masked or not finite; nothing to decorrelate"
         raise DiffimValueError(msg)
-    mean = float(np.mean(image, where=finite, dtype=np.float64))
-    filled = np.where(finite, image - mean, 0.0)
+    mean = float(np.mean(image, where=keep, dtype=np.float64))
+    filled = np.where(keep, image - mean, 0.0)
     result = _filtered(filled, decorrelation.phi_hat, decorrelation.fft_shape, workers) + mean
-    result[~finite] = image[~finite]
+    result[~keep] = image[~keep]
     return result
 
 
@@ -468,7 +466,7 @@ def score_image(
     psf: Any,
     *,
     position: tuple[float, float] | None = None,
-    bad_mask_planes: Sequence[str] = SCORE_BAD_MASK_PLANES,
+    bad_mask_planes: Sequence[str] = ARTEFACT_MASK_PLANES,
     workers: int | None = None,
 ) -> MaskedImage:
     """Return the point-source signal-to-noise of every pixel of a difference (spec §5.4).

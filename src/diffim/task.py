@@ -41,7 +41,7 @@ from .errors import (
 )
 from .fit import FitResult, FitSettings, fit_spatial_kernel, select_basis_by_bic
 from .image import Exposure, MaskedImage
-from .psf import FWHM_PER_SIGMA
+from .psf import FWHM_PER_SIGMA, GaussianPsf
 from .solve import Regularization
 from .sources import measure_fwhm, select_kernel_sources
 from .spatial import SpatialBackground, SpatialKernel, n_spatial_terms
@@ -865,6 +865,10 @@ class ImagePsfMatchTask:
         subtracted = scienceExposure.copy()
         subtracted.masked_image = difference
         subtracted.metadata.update(metadata)
+        # the difference has the PSF of the image that was not convolved
+        unconvolved = scienceExposure if convolveTemplate else match.warpedExposure
+        fwhm = metadata["scienceFwhmPix" if convolveTemplate else "templateFwhmPix"]
+        subtracted.psf = unconvolved.psf or GaussianPsf.from_fwhm(fwhm)
         return ExposureSubtractResult(
             matchedImage=match.matchedImage,
             psfMatchingKernel=match.psfMatchingKernel,
@@ -1015,6 +1019,7 @@ def subtract(
     config: ImagePsfMatchConfig | None = None,
     mode: str | None = None,
     candidateList: Any = None,
+    decorrelate: bool = False,
     **overrides: Any,
 ) -> ExposureSubtractResult:
     """Subtract ``template`` from ``science`` in one call.
@@ -1029,6 +1034,10 @@ def subtract(
         Which image to convolve; the config's ``mode`` (``auto``) if omitted.
     candidateList : optional
         Kernel star positions (parent pixels); selected on the science image if omitted.
+    decorrelate : bool
+        Whiten the difference's noise, correlated by the convolution (Alard-Lupton
+        afterburner, `diffim.decorrelate.decorrelate_difference`); the variance plane is
+        updated and ``DECORR`` is set in the metadata.
     **overrides
         Configuration fields, e.g. ``kernelSize=25, spatialKernelOrder=1``.
 
@@ -1060,13 +1069,42 @@ def subtract(
         science_fwhm,
         "template" if convolve_template else "science image",
     )
-    return task.subtractExposures(
+    result = task.subtractExposures(
         warped,
         science_exposure,
         templateFwhmPix=template_fwhm,
         scienceFwhmPix=science_fwhm,
         candidateList=candidateList,
         convolveTemplate=convolve_template,
+    )
+    if decorrelate:
+        _decorrelate(result, science_exposure, config.kernel.active.badMaskPlanes)
+    return result
+
+
+def _decorrelate(
+    result: ExposureSubtractResult, science: Exposure, bad_mask_planes: Iterable[str]
+) -> None:
+    """Replace the result's difference by its decorrelated version (in place)."""
+    from .decorrelate import decorrelate_difference
+
+    exposure = result.subtractedExposure
+    kernel_sum = None
+    if not result.convolveTemplate:
+        kernel_sum = result.psfMatchingKernel.sum_image(exposure.bbox)
+    exposure.masked_image = decorrelate_difference(
+        exposure.masked_image,
+        result.psfMatchingKernel,
+        science_variance=science.masked_image,
+        template_variance=result.warpedExposure.masked_image,
+        template_matched=result.convolveTemplate,
+        kernel_sum=kernel_sum,
+    )
+    exposure.metadata["DECORR"] = True
+    result.metadata["DECORR"] = True
+    result.metadata.update(difference_statistics(exposure.masked_image, bad_mask_planes))
+    exposure.metadata.update(
+        {key: result.metadata[key] for key in ("diffimResidualMedian", "diffimResidualRobustStd")}
     )
 
 
