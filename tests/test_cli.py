@@ -210,7 +210,7 @@ def test_subtract_writes_requested_extra_outputs(pair_files, tmp_path):
 def test_decorrelated_difference_and_score_image(pair_files, tmp_path):
     """--decorrelate whitens the difference (neighbouring pixels uncorrelated, D/σ ~ 1);
     --score writes the point-source S/N image, ~N(0, 1) in empty sky."""
-    pair, paths = pair_files
+    _, paths = pair_files
     output, score = tmp_path / "diff.fits", tmp_path / "score.fits"
     status = main(
         [
