@@ -172,6 +172,34 @@ def test_direction_choice(mode, template_fwhm, science_fwhm, expected):
     assert choose_convolve_template(mode, template_fwhm, science_fwhm) is expected
 
 
+def test_debug_writes_diagnostic_pictures(pair_files, tmp_path):
+    _, paths = pair_files
+    debug = tmp_path / "debug"
+    status = main(
+        [
+            "subtract",
+            str(paths["science"]),
+            str(paths["template"]),
+            "-o",
+            str(tmp_path / "d.fits"),
+            "-d",
+            str(debug),
+            "-q",
+        ]
+    )
+    assert status == 0
+    names = {path.name for path in debug.iterdir()}
+    assert {
+        "images.png",
+        "candidate_kernels.png",
+        "spatial_kernel.png",
+        "kernel_sum.png",
+        "residual_histograms.png",
+        "candidates.png",
+        "normalized_residuals.png",
+    } <= names
+
+
 def test_subtract_writes_requested_extra_outputs(pair_files, tmp_path):
     from astropy.io import fits
 

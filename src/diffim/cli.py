@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     subtract.add_argument("--overwrite", action="store_true", help="replace an existing output")
     subtract.add_argument("--png", help="also draw science, template, difference, kernel to PNG")
+    subtract.add_argument(
+        "-d",
+        "--debug",
+        metavar="DIR",
+        help="write diagnostic pictures (images, kernels, clipping, residuals) to DIR",
+    )
     subtract.add_argument("--matched", metavar="OUT", help="also write the PSF-matched image")
     subtract.add_argument(
         "--decorrelate",
@@ -238,6 +244,11 @@ def _run_subtract(args: argparse.Namespace) -> int:
             args.score,
             overwrite=args.overwrite,
         )
+    if args.debug:
+        from .diagnostics import write_debug_plots
+
+        for path in write_debug_plots(result, science, template, args.debug, config=config):
+            log.info("wrote %s", path)
     if args.png:
         from .diagnostics import plot_subtraction
 
