@@ -265,6 +265,26 @@ def test_variance_estimated_from_gain(tmp_path):
     assert np.var(exposure.masked_image.image[:90]) == pytest.approx(509.0, rel=0.03)
 
 
+def test_variance_of_a_background_subtracted_image(tmp_path):
+    """Sky 1000 ADU subtracted before writing: the gain model alone would give a sky
+    variance of (6/2)**2 = 9 ADU**2; the measured 509 is used, plus the star's Poisson term."""
+    rng = np.random.default_rng(5)
+    gain, read_noise = 2.0, 6.0
+    truth = np.full((200, 200), 1000.0)
+    truth[100, 100] = 21000.0
+    electrons = rng.poisson(truth * gain) + rng.normal(0.0, read_noise, truth.shape)
+    image = (electrons / gain - 1000.0).astype(np.float32)
+    path = write_plain(
+        tmp_path / "skysub.fits", image, fits.Header({"GAIN": gain, "RDNOISE": read_noise})
+    )
+    with pytest.warns(VarianceEstimatedWarning, match="background-subtracted"):
+        exposure = read_exposure(path)
+    variance = exposure.masked_image.variance
+    assert exposure.metadata["VARSRC"] == "gain+sky-noise"
+    assert np.median(variance) == pytest.approx(509.0, rel=0.03)
+    assert variance[100, 100] == pytest.approx(10509.0, rel=0.05)
+
+
 def test_variance_estimated_from_sky_noise(tmp_path):
     """Gaussian noise of sigma 5 plus a few bright stars: variance 25 within 3%."""
     rng = np.random.default_rng(4)

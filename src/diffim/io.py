@@ -520,12 +520,18 @@ def _estimate_variance(
         f"e-/ADU, read noise {read_noise:g} e- and sky {sky:.4g} ADU"
     )
     model_sky_variance = read_variance + max(sky, 0.0) / gain
-    if sky_sigma**2 > 2.0 * model_sky_variance:
+    measured_sky_variance = float(sky_sigma) ** 2
+    if not 0.5 <= measured_sky_variance / model_sky_variance <= 2.0:
+        # A background-subtracted (or resampled) image: the sky term of the model is wrong,
+        # the measured sky noise is right; sources keep their Poisson term.
+        variance = np.maximum(image - sky, 0.0) / gain + measured_sky_variance
         msg += (
-            f"; the measured sky variance {sky_sigma**2:.4g} is over twice that model's "
-            f"{model_sky_variance:.4g}, so the image may be background-subtracted or the gain "
-            "wrong: pass variance= or a correct gain="
+            f"; the measured sky variance {measured_sky_variance:.4g} differs from that "
+            f"model's {model_sky_variance:.4g} by more than 2x (a background-subtracted or "
+            "resampled image, or a wrong gain), so the measured sky variance plus the sources' "
+            "Poisson term was used: pass variance= for an exact one"
         )
+        return variance.astype(image.dtype), "gain+sky-noise", msg
     return variance.astype(image.dtype), "gain", msg
 
 

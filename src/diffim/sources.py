@@ -57,6 +57,10 @@ REJECT_REASONS = {
 }  # fmt: skip
 
 
+#: Tests that ``crowded=True`` switches off: they fail for most stars of a crowded field.
+CROWDING_TESTS = ("blended", "extended", "compact", "elongated", "not_isolated")
+
+
 def _bad_bits(masked_image: MaskedImage, bad_mask_bits: int | None) -> int:
     """Check the image type; return ``bad_mask_bits`` or, if None, the image's default bits."""
     if not isinstance(masked_image, MaskedImage):
@@ -343,6 +347,7 @@ def select_kernel_sources(
     min_axis_ratio: float = 0.7,
     detections: Table | None = None,
     return_all: bool = False,
+    ignore_tests: tuple[str, ...] = (),
 ) -> Table:
     """Detect sources and keep those fit to constrain a PSF-matching kernel.
 
@@ -375,6 +380,10 @@ def select_kernel_sources(
         A `detect_sources` table to select from instead of detecting again.
     return_all : bool
         If True return every detection with the test columns, else only the kept ones.
+    ignore_tests : tuple of str
+        Names of tests (keys of `REJECT_REASONS`) that reject nothing.  For a crowded
+        field `CROWDING_TESTS`: the kernel fit needs only that a stamp's content is the
+        same in both epochs, so blends and neighbours may stay.
 
     Returns
     -------
@@ -415,6 +424,8 @@ def select_kernel_sources(
     table = detections.copy()
     tests = _rejections(table, masked_image, bad_bits, options)
     table.meta["stellar_fwhm"] = tests.pop("reference")
+    for name in ignore_tests:
+        tests[name] = np.zeros(len(table), dtype=bool)
     reasons = np.full(len(table), "", dtype="U16")
     for name in reversed(REJECT_REASONS):  # the first failed test writes last
         reasons[tests[name]] = REJECT_REASONS[name]
@@ -530,10 +541,13 @@ def measure_fwhm(
         guess = fwhm_pix or detections.meta["fwhm_pix"]
         if not guess or not guess > 0:
             raise InsufficientKernelSourcesError(0, min_sources, "no stars detected")
-        sources = select_kernel_sources(
-            masked_image, stamp_half_width=math.ceil(FIT_STAMP_FWHM * guess),
-            saturation=saturation, bad_mask_bits=bad_bits, detections=detections,
-        )  # fmt: skip
+        options = {
+            "stamp_half_width": math.ceil(FIT_STAMP_FWHM * guess), "saturation": saturation,
+            "bad_mask_bits": bad_bits, "detections": detections,
+        }  # fmt: skip
+        sources = select_kernel_sources(masked_image, **options)
+        if len(sources) < min_sources:  # a crowded field: sep flags nearly every star blended
+            sources = select_kernel_sources(masked_image, ignore_tests=("blended",), **options)
     if fwhm_pix is None and "fwhm" not in sources.colnames:
         msg = "sources has no 'fwhm' column; pass fwhm_pix as a starting guess"
         raise DiffimValueError(msg)

@@ -43,7 +43,7 @@ from .fit import FitResult, FitSettings, fit_spatial_kernel, select_basis_by_bic
 from .image import Exposure, MaskedImage
 from .psf import FWHM_PER_SIGMA, GaussianPsf
 from .solve import Regularization
-from .sources import measure_fwhm, select_kernel_sources
+from .sources import CROWDING_TESTS, detect_sources, measure_fwhm, select_kernel_sources
 from .spatial import SpatialBackground, SpatialKernel, n_spatial_terms
 from .warp import warp_exposure, wcs_agree
 
@@ -250,6 +250,9 @@ def _sanitize(masked_image: MaskedImage, name: str) -> MaskedImage:
     clean.set_mask_plane("NO_DATA", bad)
     return clean
 
+
+#: Fewer isolated stars than this and `getSelectSources` also takes blended ones.
+MIN_ISOLATED_SOURCES = 30
 
 #: Fewest fit-region pixels per unknown of a single-kernel fit for an edge-shrunk stamp.
 MIN_PIXELS_PER_PARAMETER = 4
@@ -673,19 +676,34 @@ class ImagePsfMatchTask:
             if fwhm is None and exposure.psf is not None:
                 fwhm = float(exposure.psf.fwhm(*exposure.bbox.center))
         kernel_size = self.config.kernel.active.kernelSize
-        return select_kernel_sources(
-            exposure.masked_image,
-            stamp_half_width=self._stamp_half_width(kernel_size),
-            fwhm_pix=fwhm,
-            threshold_sigma=self.config.selectDetectionThreshold,
-            min_snr=self.config.selectMinSnr,
-            max_snr=self.config.selectMaxSnr,
-            saturation=exposure.saturation,
-            saturation_fraction=self.config.selectSaturationFraction,
-            bad_mask_bits=exposure.masked_image.bitmask(
+        options = {
+            "stamp_half_width": self._stamp_half_width(kernel_size),
+            "fwhm_pix": fwhm,
+            "threshold_sigma": self.config.selectDetectionThreshold,
+            "min_snr": self.config.selectMinSnr,
+            "max_snr": self.config.selectMaxSnr,
+            "saturation": exposure.saturation,
+            "saturation_fraction": self.config.selectSaturationFraction,
+            "bad_mask_bits": exposure.masked_image.bitmask(
                 [*self.config.kernel.active.detectionConfig.badMaskPlanes, "BAD", "CR"]
             ),
-        )
+        }
+        options["detections"] = detect_sources(
+            exposure.masked_image, threshold_sigma=options["threshold_sigma"], fwhm_pix=fwhm,
+            bad_mask_bits=options["bad_mask_bits"],
+        )  # fmt: skip
+        sources = select_kernel_sources(exposure.masked_image, **options)
+        if len(sources) < MIN_ISOLATED_SOURCES:
+            crowded = select_kernel_sources(
+                exposure.masked_image, ignore_tests=CROWDING_TESTS, **options
+            )
+            if len(crowded) > len(sources):
+                self.log.info(
+                    "only %d isolated stars: using %d stars whether blended or not (crowded "
+                    "or sparse field)", len(sources), len(crowded),
+                )
+                sources = crowded
+        return sources
 
     def makeCandidateList(
         self,
