@@ -476,3 +476,13 @@ def test_image_psf_match_kernels_fit_a_background_by_default():
     config = ImagePsfMatchConfig()
     assert config.kernel.AL.fitForBackground is True
     assert config.kernel.DF.fitForBackground is True
+
+
+def test_partial_file_keeps_the_task_defaults(tmp_path):
+    """A file that sets one kernel field keeps ImagePsfMatchConfig's other kernel defaults."""
+    path = tmp_path / "partial.yaml"
+    path.write_text("kernel:\n  AL:\n    spatialKernelOrder: 1\n")
+    config = ImagePsfMatchConfig.load(path)
+    assert config.kernel.AL.spatialKernelOrder == 1
+    assert config.kernel.AL.fitForBackground is True
+    assert config.kernel.DF.fitForBackground is True

@@ -280,17 +280,27 @@ class ConfigBase:
         return cls._from_dict(data, "")
 
     @classmethod
-    def _from_dict(cls, data: Mapping[str, Any], prefix: str) -> Self:
+    def _from_dict(cls, data: Mapping[str, Any], prefix: str, base: Any = None) -> Self:
+        """Build from ``data``; missing keys come from ``base`` (the parent's default value
+        of this field, so a partial file keeps e.g. the task's ``fitForBackground=True``)."""
         if not isinstance(data, Mapping):
             msg = f"{prefix or cls.__name__} must be a mapping of field names, got {data!r}"
             raise DiffimConfigError(msg)
         specs = _specs(cls)
+        defaults = cls() if base is None else base
         kwargs = {}
         for key, value in data.items():
             if key not in specs:
                 hint = cls._placement_hint(str(key))
                 raise _unknown_field(prefix + str(key), specs, cls.__name__, hint)
-            kwargs[key] = _coerce(prefix + key, value, specs[key])
+            if specs[key].nested and isinstance(value, Mapping):
+                kwargs[key] = specs[key].kind._from_dict(
+                    value, prefix + key + ".", base=getattr(defaults, key)
+                )
+            else:
+                kwargs[key] = _coerce(prefix + key, value, specs[key])
+        if base is not None:
+            kwargs = {name: getattr(base, name) for name in specs} | kwargs
         try:
             return cls(**kwargs)
         except DiffimConfigError as err:

@@ -289,7 +289,7 @@ def candidate_residuals(
     template_bad = (template.mask & bad_mask_bits) != 0
     if template_bad.any():
         box = np.ones((1, *kernel_image.shape))
-        template_bad = correlate_valid_stack(template_bad.astype(float), box)[0] > 0
+        template_bad = correlate_valid_stack(template_bad.astype(float), box)[0] > 0.5
     else:
         template_bad = np.zeros(difference.shape, dtype=bool)
     science_bad = (_crop(candidate.science.mask, half_width) & bad_mask_bits) != 0
