@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # e.g. `diffim config | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     except (DiffimValueError, OSError) as error:
         if args.traceback:
             raise

@@ -26,7 +26,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
@@ -318,16 +317,11 @@ class ConfigBase:
 
         The file is written to a temporary name first and then moved into place.
         """
+        from .io import atomic_write_text
+
         path = Path(path)
         text = self.describe() if _file_format(path) == "yaml" else _toml_dumps(self.to_dict())
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as stream:
-                stream.write(text)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text, overwrite=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Self:

@@ -107,7 +107,8 @@ class NoKernelCandidatesError(DiffimError):
     def __str__(self) -> str:
         counts = ", ".join(f"{name}: {count}" for name, count in self.rejected.items())
         return (
-            f"no kernel candidates left at the {self.stage} stage: {self.n_candidates} "
+            f"no kernel candidates left (most were rejected at the {self.stage} stage): "
+            f"{self.n_candidates} "
             f"candidates found, rejected per stage: {counts or 'none'}. Loosen "
             "candidateResidualMeanMax/candidateResidualStdMax (or set singleKernelClipping="
             "False / spatialKernelClipping=False), raise maxKsumSigma, lower "

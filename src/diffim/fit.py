@@ -239,6 +239,11 @@ def _build_single_kernels(
             return
 
 
+def _last_stage(rejected: Counter) -> str:
+    """The stage that rejected the most candidates (where a fit ran out of them)."""
+    return max(rejected, key=rejected.get) if any(rejected.values()) else STAGE_KSUM
+
+
 def _clip_kernel_sums(
     cell_set: SpatialCellSet, settings: FitSettings, rejected: Counter
 ) -> tuple[int, float, float]:
@@ -253,12 +258,12 @@ def _clip_kernel_sums(
     """
     visited = list(cell_set.visit(settings.n_star_per_cell))
     if not visited:
-        raise NoKernelCandidatesError(len(cell_set), dict(rejected), STAGE_KSUM)
+        raise NoKernelCandidatesError(len(cell_set), dict(rejected), _last_stage(rejected))
     sums = np.array([c.solutions["ORIG"].kernel_sum for c in visited])
     errors = np.array([c.solutions["ORIG"].kernel_sum_error for c in visited])
     mean, std = clipped_mean_std(sums)
     if not np.isfinite(mean):
-        raise NoKernelCandidatesError(len(cell_set), dict(rejected), STAGE_KSUM)
+        raise NoKernelCandidatesError(len(cell_set), dict(rejected), _last_stage(rejected))
     thresholds = settings.max_ksum_sigma * np.sqrt(std**2 + np.nan_to_num(errors) ** 2)
     n_rejected = 0
     if settings.kernel_sum_clipping:

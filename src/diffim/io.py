@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from astropy.io import fits
@@ -38,7 +38,9 @@ from .errors import (
 from .image import DEFAULT_MASK_PLANES, MASK_DTYPE, Exposure, MaskedImage, MaskPlanes
 
 __all__ = [
+    "atomic_write",
     "atomic_write_hdulist",
+    "atomic_write_text",
     "check_not_input",
     "exposure_to_hdulist",
     "from_ccddata",
@@ -214,19 +216,17 @@ def write_exposure(
     atomic_write_hdulist(hdulist, path, overwrite=overwrite)
 
 
-def atomic_write_hdulist(
-    hdulist: fits.HDUList, path: PathLike, *, overwrite: bool = False
+def atomic_write(
+    path: PathLike, write: Callable[[BinaryIO], None], *, overwrite: bool = False
 ) -> None:
-    """Write ``hdulist`` to a temporary file beside ``path``, then rename it onto ``path``.
-
-    A reader never sees a half-written file, and a failed write leaves no temporary file.
-    A new file gets mode 0644; a replaced file keeps its mode.
+    """Write a file atomically: ``write(handle)`` fills a temporary file in the same folder,
+    which then replaces ``path`` (mode 0644, or the replaced file's mode).
 
     Raises
     ------
     DiffimIOError
         If ``path`` exists and ``overwrite`` is False, its folder does not exist, or
-        writing fails.
+        writing fails; no partial file is left behind.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -243,7 +243,7 @@ def atomic_write_hdulist(
             dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False
         ) as handle:
             tmp_name = handle.name
-            hdulist.writeto(handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
@@ -255,6 +255,18 @@ def atomic_write_hdulist(
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
+
+
+def atomic_write_hdulist(
+    hdulist: fits.HDUList, path: PathLike, *, overwrite: bool = False
+) -> None:
+    """Write a FITS HDU list atomically (see `atomic_write`)."""
+    atomic_write(path, hdulist.writeto, overwrite=overwrite)
+
+
+def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> None:
+    """Write UTF-8 text atomically (see `atomic_write`)."""
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), overwrite=overwrite)
 
 
 def check_not_input(path: PathLike, inputs: Iterable[PlaneSource | None]) -> None:

@@ -16,7 +16,6 @@ import dataclasses
 import difflib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -276,7 +275,9 @@ class SimulationTruth:
 
     def write_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write `to_json` to ``path`` atomically (temporary file, then ``os.replace``)."""
-        _atomic_write_text(Path(path), self.to_json(), overwrite=overwrite)
+        from .io import atomic_write_text
+
+        atomic_write_text(path, self.to_json(), overwrite=overwrite)
 
 
 @dataclass
@@ -294,20 +295,6 @@ class Injection:
 
     exposure: Exposure
     sources: Table
-
-
-def _atomic_write_text(path: Path, text: str, *, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        msg = f"{path} exists; pass overwrite=True to replace it"
-        raise DiffimIOError(msg)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except OSError as error:
-        msg = f"cannot write {path}: {error}"
-        raise DiffimIOError(msg) from error
 
 
 # -- rendering ------------------------------------------------------------------------------

@@ -493,7 +493,18 @@ class ImagePsfMatchTask:
         )
 
     def _diagnose(self, fit: FitResult, settings: FitSettings) -> None:
-        """Warn when the spatial model has too few good candidates (spec §3.11)."""
+        """Warn when the spatial system is ill-conditioned or has too few good candidates
+        (spec §3.11)."""
+        condition = fit.solution.condition_number
+        limit = self.config.kernel.active.maxSpatialConditionNumber
+        if not 0 < condition <= limit:
+            warnings.warn(
+                f"the spatial kernel system is ill-conditioned (condition number "
+                f"{condition:.3g}, limit maxSpatialConditionNumber={limit:.3g}); lower "
+                "spatialKernelOrder or use more, better spread stars",
+                PoorlyConstrainedWarning,
+                stacklevel=4,
+            )
         n_kernel_terms = n_spatial_terms(settings.kernel_order)
         if fit.n_good < n_kernel_terms:
             text = "underconstrained"
