@@ -19,11 +19,10 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from astropy.io import fits
-from astropy.nddata import CCDData, VarianceUncertainty
 from astropy.stats import sigma_clipped_stats
 from astropy.wcs import WCS, FITSFixedWarning, Sip
 
@@ -36,6 +35,9 @@ from .errors import (
     VarianceEstimatedWarning,
 )
 from .image import DEFAULT_MASK_PLANES, MASK_DTYPE, Exposure, MaskedImage, MaskPlanes
+
+if TYPE_CHECKING:
+    from astropy.nddata import CCDData
 
 __all__ = [
     "atomic_write",
@@ -752,6 +754,8 @@ def to_ccddata(exposure_or_masked_image: Exposure | MaskedImage, unit: Any = "ad
     exposure = _as_exposure(exposure_or_masked_image)
     masked = exposure.masked_image
     x0, y0 = masked.xy0
+    from astropy.nddata import CCDData, VarianceUncertainty  # slow to import: only when used
+
     meta = _primary_header(exposure, None)  # a Header, so that CCDData.write handles HIERARCH
     for name, bit in masked.planes.as_dict().items():
         _set_card(meta, MASK_PLANE_PREFIX + name, bit)
@@ -769,6 +773,8 @@ def to_ccddata(exposure_or_masked_image: Exposure | MaskedImage, unit: Any = "ad
 
 def _ccd_variance(ccd: CCDData) -> np.ndarray | None:
     """Return the variance (data units squared) of any CCDData uncertainty type."""
+    from astropy.nddata import VarianceUncertainty
+
     if ccd.uncertainty is None:
         return None
     with np.errstate(divide="ignore"):

@@ -23,7 +23,6 @@ from typing import Any, Literal
 import numpy as np
 from astropy.table import Table, vstack
 from astropy.wcs import WCS
-from scipy.signal import fftconvolve
 
 from .errors import DiffimIOError, DiffimValueError
 from .image import Exposure, MaskedImage
@@ -603,6 +602,8 @@ def _galaxy_stamp(row: Any, psf: FieldVaryingPsf, x: float, y: float, angle_deg:
     major, minor = u * c + v * s, -u * s + v * c
     disk = np.exp(-np.hypot(major / np.sqrt(axis_ratio), minor * np.sqrt(axis_ratio)) / scale)
     disk = disk.reshape(2 * half + 1, sub, 2 * half + 1, sub).sum(axis=(1, 3))
+    from scipy.signal import fftconvolve  # scipy.signal takes seconds to import
+
     image = np.clip(fftconvolve(disk, kernel, mode="same"), 0.0, None)
     return image / image.sum(), ix - half, iy - half
 
