@@ -269,3 +269,12 @@ def test_decorrelated_difference_and_score_image(pair_files, tmp_path):
     score_image = read_exposure(score).masked_image.image
     finite = np.isfinite(score_image) & good
     assert np.median(np.abs(score_image[finite])) / 0.6745 == pytest.approx(1.0, abs=0.1)
+
+
+def test_no_warp_refuses_unregistered_images(tmp_path, capsys):
+    pair = simulate_pair(shape=(256, 256), seed=2, n_stars=150, shift=(0.4, 0.0))
+    paths = write_pair(pair, tmp_path)
+    status = main(["subtract", str(paths["science"]), str(paths["template"]), "-o",
+                   str(tmp_path / "d.fits"), "--no-warp", "-q"])
+    assert status == 2
+    assert "not registered" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import near, normalized, psf_flux, simulate_with_model
+from conftest import isolated_stars, near, normalized, psf_flux, simulate_with_model
 from scipy import ndimage
 
 import diffim
@@ -123,6 +123,12 @@ def test_unregistered_pair_is_warped_and_subtracts_cleanly(shifted_pair):
     assert quality["false_per_million"] <= 3
     assert quality["sky_std"] == pytest.approx(1.0, abs=0.05)
     assert abs(quality["flux_ratio"] - 1) < 0.01
+    z, good = normalized(result.subtractedExposure.masked_image)
+    stars = isolated_stars(pair.truth, min_flux=500.0, radius=20.0)
+    around = near(stars["x_science"], stars["y_science"], z.shape, 2 * pair.science.psf.fwhm())
+    values = z[around & good]
+    assert abs(values.mean()) <= 0.05
+    assert values.std() <= 1.10
 
 
 def test_no_warping_of_unregistered_images_is_an_error(shifted_pair):

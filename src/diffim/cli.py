@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         help="which image to convolve (default: the config's mode, auto)",
     )
     subtract.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    subtract.add_argument(
+        "--no-warp",
+        action="store_true",
+        help="refuse to resample the template when the two pixel grids (WCSs) differ",
+    )
     subtract.add_argument("--png", help="also draw science, template, difference, kernel to PNG")
     subtract.add_argument(
         "-d",
@@ -221,7 +226,12 @@ def _run_subtract(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = subtract(
-            science, template, config=config, mode=args.mode, decorrelate=args.decorrelate
+            science,
+            template,
+            config=config,
+            mode=args.mode,
+            decorrelate=args.decorrelate,
+            warp=not args.no_warp,
         )
     for number, warning in enumerate(caught, start=1):
         log.warning("%s: %s", warning.category.__name__, warning.message)

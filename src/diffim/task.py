@@ -711,7 +711,9 @@ class ImagePsfMatchTask:
             if len(crowded) > len(sources):
                 self.log.info(
                     "only %d isolated stars: using %d stars whether blended or not (crowded "
-                    "or sparse field)", len(sources), len(crowded),
+                    "or sparse field)",
+                    len(sources),
+                    len(crowded),
                 )
                 sources = crowded
         return sources
@@ -1049,6 +1051,7 @@ def subtract(
     mode: str | None = None,
     candidateList: Any = None,
     decorrelate: bool = False,
+    warp: bool = True,
     **overrides: Any,
 ) -> ExposureSubtractResult:
     """Subtract ``template`` from ``science`` in one call.
@@ -1063,6 +1066,9 @@ def subtract(
         Which image to convolve; the config's ``mode`` (``auto``) if omitted.
     candidateList : optional
         Kernel star positions (parent pixels); selected on the science image if omitted.
+    warp : bool
+        Resample the template onto the science grid when their WCSs differ; if False such
+        a pair raises `NotRegisteredError`.
     decorrelate : bool
         Whiten the difference's noise, correlated by the convolution (Alard-Lupton
         afterburner, `diffim.decorrelate.decorrelate_difference`); the variance plane is
@@ -1088,7 +1094,7 @@ def subtract(
     template_exposure = _as_exposure(template, "template")
     task = ImagePsfMatchTask(config)
     log = task.log
-    warped = task._registered_template(template_exposure, science_exposure, do_warping=True)
+    warped = task._registered_template(template_exposure, science_exposure, do_warping=warp)
     template_fwhm = exposure_fwhm(warped, "template", log)
     science_fwhm = exposure_fwhm(science_exposure, "science", log)
     convolve_template = choose_convolve_template(mode or config.mode, template_fwhm, science_fwhm)
