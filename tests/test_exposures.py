@@ -180,3 +180,26 @@ def test_subtract_accepts_paths_and_ccddata(tmp_path):
     result = diffim.subtract(tmp_path / "science.fits", ccd, spatialKernelOrder=1)
     assert result.metadata["spatialKernelSum"] == pytest.approx(1.05, rel=0.01)
     assert result.subtractedExposure.shape == (384, 384)
+
+
+def test_decorrelated_difference_carries_its_own_psf():
+    """After decorrelation the difference's PSF is P ⋆ φ: PSF photometry with the PSF
+    attached to the difference stays unbiased (1 %)."""
+    pair = diffim.simulate_pair(
+        shape=(640, 640),
+        seed=5,
+        n_stars=600,
+        n_transients=25,
+        transient_flux=(2e4, 1e5),
+        science_fwhm=4.0,
+        template_fwhm=3.0,
+        fwhm_gradient=(0.0, 0.0),
+    )
+    result = diffim.subtract(pair.science, pair.template, decorrelate=True)
+    difference = result.subtractedExposure
+    ratios = [
+        psf_flux(difference.masked_image, difference.psf, row["x_science"], row["y_science"])[0]
+        / row["flux_science"]
+        for row in pair.truth.transients
+    ]
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.01)

@@ -39,9 +39,15 @@ from .errors import (
     NotRegisteredError,
     PoorlyConstrainedWarning,
 )
-from .fit import FitResult, FitSettings, fit_spatial_kernel, select_basis_by_bic
+from .fit import (
+    FitResult,
+    FitSettings,
+    clipped_mean_std,
+    fit_spatial_kernel,
+    select_basis_by_bic,
+)
 from .image import Exposure, MaskedImage
-from .psf import FWHM_PER_SIGMA, GaussianPsf
+from .psf import FWHM_PER_SIGMA, GaussianPsf, ImagePsf
 from .solve import Regularization
 from .sources import CROWDING_TESTS, detect_sources, measure_fwhm, select_kernel_sources
 from .spatial import SpatialBackground, SpatialKernel, n_spatial_terms
@@ -1117,6 +1123,31 @@ def subtract(
     return result
 
 
+def _decorrelated_psf(psf: Any, result: ExposureSubtractResult, science: Exposure) -> ImagePsf:
+    """The PSF of a decorrelated difference: the difference's PSF convolved with ``φ``."""
+    from scipy.ndimage import convolve as convolve_image
+
+    from .decorrelate import decorrelation_kernel
+
+    center = result.subtractedExposure.bbox.center
+    planes = [science.masked_image, result.warpedExposure.masked_image]
+    if not result.convolveTemplate:
+        planes.reverse()
+    unconvolved, convolved = (
+        clipped_mean_std(plane.variance[np.isfinite(plane.variance) & (plane.mask == 0)])[0]
+        for plane in planes
+    )
+    psf_image = psf.kernel_image(*center)
+    phi = decorrelation_kernel(
+        result.psfMatchingKernel.image_at(*center),
+        variance_unconvolved=unconvolved,
+        variance_convolved=convolved,
+        size=psf_image.shape[0],
+    )
+    image = convolve_image(psf_image, phi, mode="constant")
+    return ImagePsf(image / image.sum())
+
+
 def _decorrelate(
     result: ExposureSubtractResult, science: Exposure, bad_mask_planes: Iterable[str]
 ) -> None:
@@ -1135,6 +1166,7 @@ def _decorrelate(
         template_matched=result.convolveTemplate,
         kernel_sum=kernel_sum,
     )
+    exposure.psf = _decorrelated_psf(exposure.psf, result, science)
     exposure.metadata["DECORR"] = True
     result.metadata["DECORR"] = True
     result.metadata.update(difference_statistics(exposure.masked_image, bad_mask_planes))
