@@ -457,3 +457,15 @@ def test_plain_tile_compressed_image_in_first_extension(tmp_path):
         exposure = read_exposure(path)
     assert exposure.filter_name == "z"
     np.testing.assert_allclose(exposure.masked_image.image, data, atol=0.5)
+
+
+def test_saturated_pixels_of_plain_files_are_flagged(tmp_path):
+    """A plain image with a SATURATE card gets SAT on pixels at or above it."""
+    image = np.full((20, 20), 100.0, dtype=np.float32)
+    image[5, 6] = 60000.0
+    path = write_plain(tmp_path / "sat.fits", image, fits.Header({"SATURATE": 50000.0}))
+    with pytest.warns(VarianceEstimatedWarning):
+        exposure = read_exposure(path)
+    saturated = exposure.masked_image.mask_plane("SAT")
+    assert saturated[5, 6]
+    assert saturated.sum() == 1

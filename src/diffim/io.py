@@ -643,7 +643,8 @@ def read_exposure(
     read_noise : float, optional
         Read noise in e-; overrides ``RDNOISE`` (default 0).
     saturation : float, optional
-        Saturation level in ADU; overrides ``SATURATE``.
+        Saturation level in ADU; overrides ``SATURATE``.  Pixels at or above it are
+        flagged SAT (in addition to any SAT bits the file has).
     hdu : int or str, optional
         Index or name of the image HDU; turns off LSST-layout detection.
 
@@ -686,11 +687,15 @@ def read_exposure(
         warnings.warn(message, category, stacklevel=2)
     if source is not None:
         fields["metadata"]["VARSRC"] = source
+    masked_image = MaskedImage(image, mask_array, variance_array, xy0=xy0, planes=planes)
+    saturation = fields["saturation"] if saturation is None else saturation
+    if saturation is not None:
+        masked_image.set_mask_plane("SAT", masked_image.image >= saturation)
     return Exposure(
-        MaskedImage(image, mask_array, variance_array, xy0=xy0, planes=planes),
+        masked_image,
         wcs=wcs,
         gain=gain,
-        saturation=fields["saturation"] if saturation is None else saturation,
+        saturation=saturation,
         zero_point=fields["zero_point"],
         filter_name=fields["filter_name"],
         metadata=fields["metadata"],
