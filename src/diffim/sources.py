@@ -532,7 +532,7 @@ def measure_fwhm(
     saturation: float | None = None,
     bad_mask_bits: int | None = None,
     min_sources: int = 3,
-    max_sources: int = 30,
+    max_sources: int = 12,
 ) -> float:
     """Measure the PSF FWHM from the profiles of isolated, unsaturated stars.
 
