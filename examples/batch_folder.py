@@ -1,5 +1,4 @@
 #!/usr/bin/env python
-# ruff: noqa: T201  (an example program reports by printing)
 """Subtract a folder of image pairs in parallel with `diffim.batch.run` on Dask.
 
 This example writes a few simulated pairs into ``<out>/pairs/pair-NN/`` (``science.fits``,

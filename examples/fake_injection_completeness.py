@@ -1,5 +1,4 @@
 #!/usr/bin/env python
-# ruff: noqa: T201  (an example program reports by printing)
 """Measure detection completeness with fake point sources injected into the science image.
 
 The standard test of a difference-imaging pipeline: add point sources of known flux to the

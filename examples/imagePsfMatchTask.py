@@ -1,5 +1,4 @@
 #!/usr/bin/env python
-# ruff: noqa: T201  (an example program reports by printing)
 """Match a template's PSF to a science image with `ImagePsfMatchTask`, and subtract.
 
 diffim's front door, after ip_diffim's ``examples/imagePsfMatchTask.py``.  With no file

@@ -1,5 +1,4 @@
 #!/usr/bin/env python
-# ruff: noqa: T201  (an example program reports by printing)
 """Read and subtract LSST-style ``calexp`` files: IMAGE/MASK/VARIANCE plus table HDUs.
 
 An LSST calibrated exposure (``calexp``) written by ``afw`` holds an empty primary HDU with

@@ -1,5 +1,4 @@
 #!/usr/bin/env python
-# ruff: noqa: T201  (an example program reports by printing)
 """Subtract plain single-HDU FITS images whose noise comes in separate files.
 
 Many pipelines write an image as one plain FITS HDU and its noise beside it: a variance map,
