@@ -274,7 +274,51 @@ def test_decorrelated_difference_and_score_image(pair_files, tmp_path):
 def test_no_warp_refuses_unregistered_images(tmp_path, capsys):
     pair = simulate_pair(shape=(256, 256), seed=2, n_stars=150, shift=(0.4, 0.0))
     paths = write_pair(pair, tmp_path)
-    status = main(["subtract", str(paths["science"]), str(paths["template"]), "-o",
-                   str(tmp_path / "d.fits"), "--no-warp", "-q"])
+    status = main(
+        [
+            "subtract",
+            str(paths["science"]),
+            str(paths["template"]),
+            "-o",
+            str(tmp_path / "d.fits"),
+            "--no-warp",
+            "-q",
+        ]
+    )
     assert status == 2
     assert "not registered" in capsys.readouterr().err
+
+
+def test_tiled_subtraction_from_the_command_line(pair_files, tmp_path):
+    _, paths = pair_files
+    output = tmp_path / "tiled.fits"
+    status = main(
+        [
+            "subtract",
+            str(paths["science"]),
+            str(paths["template"]),
+            "-o",
+            str(output),
+            "--tiles",
+            "2x2",
+            "--config",
+            "spatialKernelOrder=1",
+            "-q",
+        ]
+    )
+    assert status == 0
+    image = read_exposure(output).masked_image
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = image.image / np.sqrt(image.variance)
+    good = np.isfinite(z) & (image.mask == 0)
+    assert 1.4826 * np.median(np.abs(z[good])) == pytest.approx(1.0, abs=0.1)
+
+
+def test_batch_command_runs_a_manifest(pair_files, tmp_path, capsys):
+    _, paths = pair_files
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(f"science,template\n{paths['science']},{paths['template']}\n")
+    status = main(["batch", str(manifest), "--out", str(tmp_path / "out"), "--workers", "1", "-q"])
+    assert status == 0
+    assert "1 ok" in capsys.readouterr().out
+    assert (tmp_path / "out" / "summary.csv").exists()

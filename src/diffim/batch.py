@@ -14,12 +14,12 @@ import copy
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -34,7 +34,8 @@ from astropy.table import Column, MaskedColumn, Table
 from .config import ImagePsfMatchConfig
 from .errors import DiffimValueError
 from .image import BBox, Exposure, MaskedImage
-from .io import check_not_input, write_exposure
+from .io import atomic_write_text, check_not_input, write_exposure
+from .psf import GaussianPsf
 from .task import (
     ImagePsfMatchTask,
     _as_exposure,
@@ -163,25 +164,6 @@ def _pair_key(science: str, template: str, config: ImagePsfMatchConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _output_header(result: Any, config: ImagePsfMatchConfig, key: str) -> dict[str, Any]:
-    """Return the primary-header cards of a batch output (those of ``diffim subtract``)."""
-    flat, todo = {}, list(config.to_dict().items())
-    while todo:
-        name, value = todo.pop(0)
-        if isinstance(value, dict):
-            todo.extend((f"{name}.{k}", v) for k, v in value.items())
-        else:
-            flat[name] = value
-    return {
-        **result.metadata,
-        "DIRECTION": "convolveTemplate" if result.convolveTemplate else "convolveScience",
-        "DIFFSIGN": "science - template",
-        "CONFIG": " ".join(f"{name}={value}" for name, value in flat.items()),
-        KEY_CARD: key,
-        DONE_CARD: True,
-    }
-
-
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -222,8 +204,9 @@ def subtract_pair(
             check_not_input(output, [science, template])
             Path(output).parent.mkdir(parents=True, exist_ok=True)
             result = subtract(science, template, config=config)
-            header = _output_header(result, config, _pair_key(science, template, config))
+            header = {KEY_CARD: _pair_key(science, template, config), DONE_CARD: True}
             write_exposure(result.subtractedExposure, output, overwrite=True, header_extra=header)
+            header.update(result.metadata)
         except Exception as error:  # one bad pair must not stop the batch
             log.warning("%s - %s failed: %s", science, template, _describe(error))
             row.update(status="failed", error=_describe(error))
@@ -297,15 +280,14 @@ def _plan(
 
 
 def _write_summary(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write the summary CSV atomically (temporary file, then ``os.replace``)."""
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, newline=""
-    ) as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(SUMMARY_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-    os.chmod(stream.name, 0o644)
-    os.replace(stream.name, path)
+    """Write the summary CSV atomically (`diffim.io.atomic_write_text`)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(
+        text, fieldnames=list(SUMMARY_COLUMNS), extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    atomic_write_text(path, text.getvalue(), overwrite=True)
 
 
 def _summary_table(rows: list[dict[str, Any]]) -> Table:
@@ -362,8 +344,13 @@ def _client_for(client: Any, n_workers: int | None, threads: int, retries: int) 
 
     if n_workers is None:
         n_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    # a task whose worker died is re-run on another worker, up to `retries` times
-    with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
+    settings = {
+        # a task whose worker died is re-run on another worker, up to `retries` times
+        "distributed.scheduler.allowed-failures": retries,
+        # Dask's small trim threshold makes every large array a fresh mmap: 25 % slower
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    }
+    with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads,
@@ -498,8 +485,8 @@ def _execute(
             if time.monotonic() - written >= SUMMARY_INTERVAL_S:
                 _write_summary(rows, path)
                 written = time.monotonic()
-    finally:
-        client.cancel(list(futures))
+    finally:  # on an interrupt, stop what has not started
+        client.cancel([future for future in futures if not future.done()])
 
 
 # -- tiles of one pair ------------------------------------------------------------------------
@@ -622,7 +609,7 @@ def _map_tiles(
     return sorted(results, key=lambda result: (result.interior.y_min, result.interior.x_min))
 
 
-def _stitch(science: Exposure, results: list[TileResult], cards: dict, bad: Any) -> Exposure:
+def _stitch(science: Exposure, results: list[TileResult], psf: Any, bad: Any) -> Exposure:
     """Assemble the tile interiors into a difference exposure with the science metadata."""
     first = results[0].difference
     image, mask = np.empty(science.shape, first.dtype), np.empty(science.shape, first.mask.dtype)
@@ -634,11 +621,22 @@ def _stitch(science: Exposure, results: list[TileResult], cards: dict, bad: Any)
         variance[rows, cols] = result.difference.variance
         planes = planes.merged(result.difference.planes)
     difference = MaskedImage(image, mask, variance, xy0=science.masked_image.xy0, planes=planes)
-    metadata = {**science.metadata, **cards, **difference_statistics(difference, bad)}
-    metadata["diffimVersion"] = results[0].metadata["diffimVersion"]
+    shared = ("diffimVersion", "DIRECTION", "DIFFSIGN", "CONFIG")
+    metadata = {**science.metadata, **{key: results[0].metadata[key] for key in shared}}
+    metadata.update(difference_statistics(difference, bad))
     metadata["tileKernelSums"] = [round(r.metadata["spatialKernelSum"], 6) for r in results]
     metadata["nCandidates"] = sum(r.metadata["nCandidates"] for r in results)
-    return dataclasses.replace(science, masked_image=difference, metadata=metadata)
+    return dataclasses.replace(science, masked_image=difference, psf=psf, metadata=metadata)
+
+
+def _reissue_warnings(results: list[TileResult]) -> None:
+    """Issue the tiles' warnings here, once per category, naming the tiles."""
+    by_category: dict[type[Warning], list[str]] = {}
+    for result in results:
+        for category, message in result.warnings:
+            by_category.setdefault(category, []).append(f"tile {result.interior}: {message}")
+    for category, messages in by_category.items():
+        warnings.warn("; ".join(messages), category, stacklevel=3)
 
 
 def subtract_tiled(
@@ -650,6 +648,7 @@ def subtract_tiled(
     client: Any = None,
     config: ImagePsfMatchConfig | None = None,
     mode: str | None = None,
+    warp: bool = True,
     **overrides: Any,
 ) -> Exposure:
     """Subtract a large pair tile by tile, each tile with its own kernel fit.
@@ -658,7 +657,7 @@ def subtract_tiled(
     ----------
     science, template : str, os.PathLike, Exposure, MaskedImage or CCDData
         The pair, as `diffim.subtract` takes it; a template on another pixel grid is
-        warped onto the science grid first, in this process.
+        warped onto the science grid first, in this process (whole images in memory).
     tiles : tuple of int, optional
         Tiles per axis, ``(ny, nx)``.
     margin : int, optional
@@ -670,6 +669,8 @@ def subtract_tiled(
         Base configuration; ``**overrides`` (``kernelSize=25``, ...) apply on top.
     mode : {"auto", "convolveTemplate", "convolveScience"}, optional
         Which image to convolve, decided once from the whole-image FWHMs.
+    warp : bool, optional
+        Resample a template on another pixel grid; if False it raises `NotRegisteredError`.
 
     Returns
     -------
@@ -688,7 +689,7 @@ def subtract_tiled(
         config.apply_overrides([f"{key}={value!r}" for key, value in overrides.items()])
     task = ImagePsfMatchTask(config)
     science = _as_exposure(science, "science")
-    warped = task._registered_template(_as_exposure(template, "template"), science, True)
+    warped = task._registered_template(_as_exposure(template, "template"), science, warp)
     fwhm = (exposure_fwhm(warped, "template", log), exposure_fwhm(science, "science", log))
     convolve_template = choose_convolve_template(mode or config.mode, *fwhm)
     convolved_first = fwhm if convolve_template else fwhm[::-1]
@@ -701,16 +702,15 @@ def subtract_tiled(
     log.info("%d tiles with a %d-px margin", len(layout), margin)
     arguments = (config.to_dict(), fwhm, convolve_template)
     results = _map_tiles(client, science, warped, layout, arguments)
-    by_category: dict[type[Warning], list[str]] = {}
-    for result in results:
-        for category, message in result.warnings:
-            by_category.setdefault(category, []).append(f"tile {result.interior}: {message}")
-    for category, messages in by_category.items():
-        warnings.warn("; ".join(messages), category, stacklevel=2)
-    cards = {"TILES": f"{tiles[0]}x{tiles[1]}", "TILEMARG": margin}
-    cards["DIRECTION"] = "convolveTemplate" if convolve_template else "convolveScience"
-    cards["DIFFSIGN"] = "science - template"
-    return _stitch(science, results, cards, config.kernel.active.badMaskPlanes)
+    _reissue_warnings(results)
+    # the difference has the PSF of the image that was not convolved (as subtractExposures)
+    unconvolved, fwhm_unconvolved = (science, fwhm[1]) if convolve_template else (warped, fwhm[0])
+    psf = unconvolved.psf
+    if psf is None:
+        psf = GaussianPsf.from_fwhm(fwhm_unconvolved)
+    stitched = _stitch(science, results, psf, config.kernel.active.badMaskPlanes)
+    stitched.metadata.update(TILES=f"{tiles[0]}x{tiles[1]}", TILEMARG=margin)
+    return stitched
 
 
 # -- command line (wired into diffim.cli) ----------------------------------------------------
@@ -731,15 +731,32 @@ BATCH_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--threads-per-worker", {"type": int, "metavar": "M", "help": "threads per local worker"}),
     ("--retries", {"type": int, "default": 2, "metavar": "R", "help": "re-runs of a task (2)"}),
     ("--force", {"action": "store_true", "help": "recompute and replace every output"}),
-    ("--no-resume", {"dest": "resume", "action": "store_false", "help": "existing outputs fail"}),
-    ("--config", {"nargs": "+", "default": [], "metavar": "KEY=VALUE", "help": "overrides"}),
+    (
+        "--no-resume",
+        {
+            "dest": "resume",
+            "action": "store_false",
+            "help": "do not skip completed pairs: an existing output fails its pair",
+        },
+    ),
+    (
+        "--config",
+        {
+            "nargs": "+",
+            "default": [],
+            "metavar": "KEY=VALUE",
+            "help": "configuration overrides for every pair, e.g. kernelSize=25",
+        },
+    ),
     ("--config-file", {"help": "YAML or TOML configuration (see diffim config)"}),
 )
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``diffim batch`` arguments (MANIFEST and `BATCH_OPTIONS`) to ``parser``."""
-    parser.add_argument("manifest", help="CSV/Parquet: science,template[,output][,config]")
+    parser.add_argument(
+        "manifest", metavar="MANIFEST", help="CSV/Parquet: science,template[,output][,config]"
+    )
     for flag, options in BATCH_OPTIONS:
         parser.add_argument(flag, **options)
 
