@@ -198,6 +198,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         stream=sys.stderr,
     )
     logging.captureWarnings(True)
+    logging.getLogger("distributed").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     progress.enable(sys.stderr.isatty() and not args.quiet)
 
 
