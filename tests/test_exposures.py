@@ -58,7 +58,7 @@ def test_selected_sources_avoid_saturation_masks_and_pairs():
     for row in sources:
         distance = np.hypot(saturated["x_science"] - row["x"], saturated["y_science"] - row["y"])
         assert distance.size == 0 or distance.min() > 3
-    half = task._stamp_half_width(task.config.kernel.active.kernelSize)
+    half = task.stamp_half_width(task.config.kernel.active.kernelSize)
     mask = pair.science.masked_image.mask
     bad = pair.science.masked_image.bitmask(["SAT", "BAD", "CR", "NO_DATA"])
     for row in sources:

@@ -38,7 +38,7 @@ from .io import atomic_write_text, check_not_input, write_exposure
 from .psf import GaussianPsf
 from .task import (
     ImagePsfMatchTask,
-    _as_exposure,
+    as_exposure,
     choose_convolve_template,
     difference_statistics,
     exposure_fwhm,
@@ -540,7 +540,7 @@ def default_margin(config: ImagePsfMatchConfig, kernel_size: int) -> int:
     sides, are used by both tiles that meet there: each tile's spatial kernel interpolates
     across the seam instead of extrapolating.  62 px for the default 21-px kernel.
     """
-    return 2 * (kernel_size // 2 + ImagePsfMatchTask(config)._stamp_half_width(kernel_size))
+    return 2 * (kernel_size // 2 + ImagePsfMatchTask(config).stamp_half_width(kernel_size))
 
 
 def subtract_tile(
@@ -688,8 +688,8 @@ def subtract_tiled(
     if overrides:
         config.apply_overrides([f"{key}={value!r}" for key, value in overrides.items()])
     task = ImagePsfMatchTask(config)
-    science = _as_exposure(science, "science")
-    warped = task._registered_template(_as_exposure(template, "template"), science, warp)
+    science = as_exposure(science, "science")
+    warped = task.registered_template(as_exposure(template, "template"), science, warp)
     fwhm = (exposure_fwhm(warped, "template", log), exposure_fwhm(science, "science", log))
     convolve_template = choose_convolve_template(mode or config.mode, *fwhm)
     convolved_first = fwhm if convolve_template else fwhm[::-1]

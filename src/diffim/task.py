@@ -351,7 +351,8 @@ class ImagePsfMatchTask:
             n_basis = cfg.kernelSize**2
         return n_basis + int(cfg.fitForBackground)
 
-    def _stamp_half_width(self, kernel_size: int) -> int:
+    def stamp_half_width(self, kernel_size: int) -> int:
+        """Half-width (pixels) of a kernel candidate's stamp for a kernel of this size."""
         detection = self.config.kernel.active.detectionConfig
         if detection.scaleByFwhm:
             return int(detection.fpGrowKernelScaling * kernel_size + 0.5)
@@ -376,7 +377,7 @@ class ImagePsfMatchTask:
         cfg = self.config.kernel.active
         vet_bits = template.bitmask(list(cfg.detectionConfig.badMaskPlanes))
         rating_bits = science.bitmask(list(cfg.badMaskPlanes))
-        half_width = self._stamp_half_width(kernel_size)
+        half_width = self.stamp_half_width(kernel_size)
         min_fit_side = int(np.ceil(np.sqrt(MIN_PIXELS_PER_PARAMETER * n_parameters)))
         min_half_width = min(half_width, kernel_size // 2 + (min_fit_side + 1) // 2)
         cell_set = SpatialCellSet(template.bbox, cfg.sizeCellX, cfg.sizeCellY)
@@ -694,7 +695,7 @@ class ImagePsfMatchTask:
                 fwhm = float(exposure.psf.fwhm(*exposure.bbox.center))
         kernel_size = self.config.kernel.active.kernelSize
         options = {
-            "stamp_half_width": self._stamp_half_width(kernel_size),
+            "stamp_half_width": self.stamp_half_width(kernel_size),
             "fwhm_pix": fwhm,
             "threshold_sigma": self.config.selectDetectionThreshold,
             "min_snr": self.config.selectMinSnr,
@@ -791,7 +792,7 @@ class ImagePsfMatchTask:
         -------
         ExposureMatchResult
         """
-        warped = self._registered_template(templateExposure, scienceExposure, doWarping)
+        warped = self.registered_template(templateExposure, scienceExposure, doWarping)
         fwhm_template = templateFwhmPix
         if fwhm_template is None:
             fwhm_template = exposure_fwhm(warped, "template", self.log)
@@ -918,10 +919,18 @@ class ImagePsfMatchTask:
             subtractedExposure=subtracted,
         )
 
-    def _registered_template(
+    def registered_template(
         self, template: Exposure, science: Exposure, do_warping: bool
     ) -> Exposure:
-        """Return the template on the science pixel grid (spec §1.3 step 1)."""
+        """Return the template on the science pixel grid, warped if needed (spec §1.3 step 1).
+
+        Raises
+        ------
+        NotRegisteredError
+            If the grids differ and ``do_warping`` is False.
+        NoOverlapError
+            If the two images do not overlap.
+        """
         warping = self.config.kernel.active.warpingConfig
         if template.bbox == science.bbox and wcs_agree(template.wcs, science.wcs, science.bbox):
             return template
@@ -1030,7 +1039,7 @@ def choose_convolve_template(mode: str, template_fwhm: float, science_fwhm: floa
     return mode == "convolveTemplate"
 
 
-def _as_exposure(image: Any, name: str) -> Exposure:
+def as_exposure(image: Any, name: str) -> Exposure:
     """Accept an Exposure, a MaskedImage, an astropy CCDData or a FITS path."""
     from .io import from_ccddata, read_exposure
 
@@ -1096,11 +1105,11 @@ def subtract(
     config = ImagePsfMatchConfig() if config is None else copy.deepcopy(config)
     if overrides:
         config.apply_overrides([f"{key}={value!r}" for key, value in overrides.items()])
-    science_exposure = _as_exposure(science, "science")
-    template_exposure = _as_exposure(template, "template")
+    science_exposure = as_exposure(science, "science")
+    template_exposure = as_exposure(template, "template")
     task = ImagePsfMatchTask(config)
     log = task.log
-    warped = task._registered_template(template_exposure, science_exposure, do_warping=warp)
+    warped = task.registered_template(template_exposure, science_exposure, do_warping=warp)
     template_fwhm = exposure_fwhm(warped, "template", log)
     science_fwhm = exposure_fwhm(science_exposure, "science", log)
     convolve_template = choose_convolve_template(mode or config.mode, template_fwhm, science_fwhm)
