@@ -489,7 +489,10 @@ def _fit_fwhm(
 
 
 def _half_maximum_width(
-    masked_image: MaskedImage, detections: Table, saturation: float | None, bad_bits: int,
+    masked_image: MaskedImage,
+    detections: Table,
+    saturation: float | None,
+    bad_bits: int,
     n_brightest: int = 30,
 ) -> float:
     """Return the median FWHM (pixels) of the brightest clean peaks, from half-maximum crossings.
