@@ -317,3 +317,15 @@ def test_validation_messages():
         correlate_fft(stamp, np.zeros((5, 5)), workers=0)
     with pytest.raises(DiffimValueError, match="SpatialKernel"):
         convolve_masked_image(masked_image((20, 20)), np.zeros((5, 5)))
+
+
+def test_correlate_valid_pairs_matches_the_stack_one_by_one():
+    from diffim.convolve import correlate_valid_pairs
+
+    rng = np.random.default_rng(11)
+    images = rng.normal(size=(2, 43, 47))
+    kernels = rng.normal(size=(2, 21, 21))
+    result = correlate_valid_pairs(images, kernels)
+    for m in range(2):
+        expected = correlate_valid_stack(images[m], kernels[m : m + 1])[0]
+        np.testing.assert_allclose(result[m], expected, rtol=1e-10, atol=1e-10)

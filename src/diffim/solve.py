@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 
 from .candidates import KernelCandidate, KernelSolution
-from .convolve import correlate_valid_stack
+from .convolve import correlate_valid_pairs, correlate_valid_stack
 from .errors import KernelSolutionError
 from .image import BBox
 from .spatial import SpatialBackground, SpatialFunction, SpatialKernel
@@ -280,10 +280,10 @@ def candidate_residuals(
         the kernel footprint, is set.
     """
     half_width = kernel_image.shape[0] // 2
-    stacked = np.stack([kernel_image, kernel_image**2])
     template = candidate.template
-    convolved = correlate_valid_stack(template.image, stacked[:1])[0]
-    variance = correlate_valid_stack(template.variance, stacked[1:])[0]
+    convolved, variance = correlate_valid_pairs(
+        np.stack([template.image, template.variance]), np.stack([kernel_image, kernel_image**2])
+    )
     difference = _crop(candidate.science.image, half_width) - convolved - background
     variance = variance + _crop(candidate.science.variance, half_width)
     template_bad = (template.mask & bad_mask_bits) != 0
