@@ -29,7 +29,7 @@ EXIT_BAD_INPUT = 2
 
 EPILOG_SUBTRACT = """examples:
   diffim subtract science.fits template.fits -o diff.fits
-  diffim subtract sci.fits tmpl.fits -o diff.fits --config kernelSize=25 spatialKernelOrder=1
+  diffim subtract sci.fits tmpl.fits -o diff.fits --config spatialKernelOrder=1 maxKsumSigma=4
   diffim subtract sci.fits tmpl.fits -o diff.fits --science-variance sci.var.fits --gain 1.6
 """
 
@@ -59,14 +59,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subtract.add_argument("science", help="science image (LSST-style or plain FITS)")
-    subtract.add_argument("template", help="template image on the same pixel grid")
+    subtract.add_argument(
+        "template", help="template image (resampled onto the science grid if its WCS differs)"
+    )
     subtract.add_argument("-o", "--output", required=True, help="difference image to write")
     subtract.add_argument(
         "--config",
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="configuration overrides, e.g. kernelSize=25",
+        help="configuration overrides, e.g. spatialKernelOrder=1",
     )
     subtract.add_argument("--config-file", help="YAML or TOML configuration (see diffim config)")
     subtract.add_argument(
