@@ -670,7 +670,11 @@ class ImagePsfMatchTask:
         return float(psf.fwhm() if position is None else psf.fwhm(*position))
 
     def getSelectSources(
-        self, exposure: Exposure, sigma: float | None = None, doSmooth: bool = True
+        self,
+        exposure: Exposure,
+        sigma: float | None = None,
+        doSmooth: bool = True,
+        kernelSize: int | None = None,
     ) -> Table:
         """Detect and select kernel stars on an exposure (spec §1.7).
 
@@ -682,6 +686,9 @@ class ImagePsfMatchTask:
             Gaussian sigma (pixels) of the detection filter; default from the PSF.
         doSmooth : bool
             Filter the image with the PSF before thresholding.
+        kernelSize : int, optional
+            Size (pixels) of the kernel to be fitted: sets the stamp box that must be free of
+            masked pixels and brighter neighbours; the config's ``kernelSize`` if omitted.
 
         Returns
         -------
@@ -693,7 +700,7 @@ class ImagePsfMatchTask:
             fwhm = sigma * FWHM_PER_SIGMA if sigma is not None else None
             if fwhm is None and exposure.psf is not None:
                 fwhm = float(exposure.psf.fwhm(*exposure.bbox.center))
-        kernel_size = self.config.kernel.active.kernelSize
+        kernel_size = self.config.kernel.active.kernelSize if kernelSize is None else kernelSize
         options = {
             "stamp_half_width": self.stamp_half_width(kernel_size),
             "fwhm_pix": fwhm,
@@ -744,7 +751,7 @@ class ImagePsfMatchTask:
         """
         sources = candidateList
         if sources is None:
-            sources = self.getSelectSources(scienceExposure)
+            sources = self.getSelectSources(scienceExposure, kernelSize=kernelSize)
         positions = _positions(sources)
         n_parameters = self._n_fit_parameters()
         cell_set, _ = self._build_cell_set(
