@@ -112,3 +112,29 @@ def varying_pair():
         transient_flux=(3.0e4, 2.0e5),
         n_variables=8,
     )
+
+
+@pytest.fixture(scope="session")
+def equal_psf_run():
+    """384² pair with identical, constant PSFs (FWHM 3.5 px) and skies, subtracted with a
+    spatially constant kernel; returns the pair with its model and the SubtractResult."""
+    from diffim.config import ImagePsfMatchConfig
+    from diffim.task import ImagePsfMatchTask
+
+    data = simulate_with_model(
+        shape=(384, 384), seed=5, n_stars=250, science_fwhm=3.5, template_fwhm=3.5,
+        fwhm_gradient=(0.0, 0.0), science_ellipticity=0.0, template_ellipticity=0.0,
+        ellipticity_gradient=(0.0, 0.0), sky_science=800.0, sky_template=800.0,
+        sky_gradient_science=(0.0, 0.0), sky_gradient_template=(0.0, 0.0), n_transients=0,
+        n_variables=0, n_galaxies=0,
+    )  # fmt: skip
+    pair = data.pair
+    stars = isolated_stars(pair.truth, min_flux=2000.0, radius=20.0)
+    config = ImagePsfMatchConfig()
+    config.kernel.active.spatialKernelOrder = 0  # the PSFs do not vary
+    config.kernel.active.spatialBgOrder = 0
+    result = ImagePsfMatchTask(config).subtractMaskedImages(
+        pair.template.masked_image, pair.science.masked_image,
+        list(zip(stars["x_science"], stars["y_science"], strict=True)), 3.5, 3.5,
+    )  # fmt: skip
+    return data, result

@@ -6,7 +6,7 @@ pixels (a lag-k autocorrelation of N white pixels has a standard error 1/sqrt(N)
 
 import numpy as np
 import pytest
-from conftest import isolated_stars, simulate_with_model
+from conftest import ARTEFACT_PLANES, isolated_stars, normalized, simulate_with_model
 from scipy import ndimage, signal
 
 from diffim.config import ImagePsfMatchConfig
@@ -21,16 +21,7 @@ from diffim.fit import clipped_mean_std
 from diffim.image import MaskedImage
 from diffim.task import ImagePsfMatchTask
 
-ARTEFACTS = ["BAD", "SAT", "CR", "NO_DATA", "EDGE"]
 SIGMA_KERNEL = np.sqrt(3.3**2 - 2.2**2)  # spec §6.5: template 2.2 px -> science 3.3 px
-
-
-def normalized(difference):
-    """D / sqrt(var), and the finite pixels free of artefact planes."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = difference.image / np.sqrt(difference.variance)
-    good = np.isfinite(z) & ((difference.mask & difference.bitmask(ARTEFACTS)) == 0)
-    return z, good
 
 
 def gaussian_kernel(sigma, size):
@@ -271,7 +262,7 @@ def clean_transients(data, difference, radius):
     within ``radius`` px."""
     truth = data.pair.truth
     rows = []
-    artefacts = (difference.mask & difference.bitmask(ARTEFACTS)) != 0
+    artefacts = (difference.mask & difference.bitmask(ARTEFACT_PLANES)) != 0
     for row in truth.transients:
         x, y = row["x_science"], row["y_science"]
         ix, iy, r = round(x), round(y), int(np.ceil(radius))
@@ -392,26 +383,12 @@ def test_score_image_is_unit_normal_on_empty_sky_and_finds_transients(template_c
     assert min(checked) < 8  # the test reaches down to the threshold
 
 
-def test_identical_psfs_difference_reaches_sqrt2_sigma_after_decorrelation():
+def test_identical_psfs_difference_reaches_sqrt2_sigma_after_decorrelation(equal_psf_run):
     """Equal PSFs: the fitted kernel smooths the noisy template, so the raw difference's
     empty-sky std is below sqrt(σ_s² + σ_t² κ_s²); after decorrelation it equals it
     (≈ √2 σ) within 5 %, and D/sqrt(var) has std 1.00 ± 0.05."""
-    data = simulate_with_model(
-        shape=(384, 384), seed=5, n_stars=250, science_fwhm=3.5, template_fwhm=3.5,
-        fwhm_gradient=(0.0, 0.0), science_ellipticity=0.0, template_ellipticity=0.0,
-        ellipticity_gradient=(0.0, 0.0), sky_science=800.0, sky_template=800.0,
-        sky_gradient_science=(0.0, 0.0), sky_gradient_template=(0.0, 0.0), n_transients=0,
-        n_variables=0, n_galaxies=0,
-    )  # fmt: skip
+    data, result = equal_psf_run
     pair = data.pair
-    stars = isolated_stars(pair.truth, min_flux=2000.0, radius=20.0)
-    config = ImagePsfMatchConfig()
-    config.kernel.active.spatialKernelOrder = 0
-    config.kernel.active.spatialBgOrder = 0
-    result = ImagePsfMatchTask(config).subtractMaskedImages(
-        pair.template.masked_image, pair.science.masked_image,
-        list(zip(stars["x_science"], stars["y_science"], strict=True)), 3.5, 3.5,
-    )  # fmt: skip
     decorrelated = decorrelate_difference(
         result.subtractedMaskedImage, result.psfMatchingKernel,
         science_variance=pair.science.masked_image, template_variance=pair.template.masked_image,

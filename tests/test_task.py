@@ -111,33 +111,15 @@ def test_qa_metadata(engine_run):
     assert metadata["ALBasisMode"] == "convolution"
 
 
-def test_identical_psfs_difference_noise_is_propagated():
+def test_identical_psfs_difference_noise_is_propagated(equal_psf_run):
     """Equal PSFs: in empty sky the difference's std is sqrt(σ_s² + σ_t² Σk²) (within 5 %),
     the noise the variance plane predicts.
 
     It reaches sqrt(2) σ only for a delta-function kernel, which least squares does not pick
     when the template is as noisy as the science image (the template noise rewards a
     slightly smoothing kernel); the decorrelation afterburner restores it."""
-    data = simulate_with_model(
-        shape=(384, 384), seed=5, n_stars=250, science_fwhm=3.5, template_fwhm=3.5,
-        fwhm_gradient=(0.0, 0.0), science_ellipticity=0.0, template_ellipticity=0.0,
-        ellipticity_gradient=(0.0, 0.0), sky_science=800.0, sky_template=800.0,
-        sky_gradient_science=(0.0, 0.0), sky_gradient_template=(0.0, 0.0), n_transients=0,
-        n_variables=0, n_galaxies=0,
-    )  # fmt: skip
+    data, result = equal_psf_run
     pair = data.pair
-    stars = isolated_stars(pair.truth, min_flux=2000.0, radius=20.0)
-    config = ImagePsfMatchConfig()
-    config.kernel.active.spatialKernelOrder = 0  # the PSFs do not vary
-    config.kernel.active.spatialBgOrder = 0
-    task = ImagePsfMatchTask(config)
-    result = task.subtractMaskedImages(
-        pair.template.masked_image,
-        pair.science.masked_image,
-        list(zip(stars["x_science"], stars["y_science"], strict=True)),
-        3.5,
-        3.5,
-    )
     difference = result.subtractedMaskedImage
     _, good = normalized(difference)
     sky = data.empty_sky() & good
