@@ -9,6 +9,7 @@ fields are ip_diffim's (``matchedImage``, ``psfMatchingKernel``, ``backgroundMod
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import os
@@ -203,6 +204,13 @@ class ExposureSubtractResult(ExposureMatchResult):
             name="POSITIONS",
         )
         atomic_write_hdulist(fits.HDUList([primary, table]), path, overwrite=overwrite)
+
+
+def _extended(result: MatchResult, cls: type, **fields: Any) -> Any:
+    """Return a ``cls`` (a subclass of ``result``'s class) with ``result``'s fields, some
+    replaced or added by ``fields``."""
+    kept = {item.name: getattr(result, item.name) for item in dataclasses.fields(result)}
+    return cls(**(kept | fields))
 
 
 def _positions(candidate_list: Any) -> np.ndarray:
@@ -846,11 +854,9 @@ class ImagePsfMatchTask:
             zero_point=scienceExposure.zero_point,
             filter_name=templateExposure.filter_name,
         )
-        return ExposureMatchResult(
-            matchedImage=result.matchedImage,
-            psfMatchingKernel=result.psfMatchingKernel,
-            backgroundModel=result.backgroundModel,
-            kernelCellSet=result.kernelCellSet,
+        return _extended(
+            result,
+            ExposureMatchResult,
             metadata=metadata,
             warpedExposure=warped,
             matchedExposure=matched_exposure,
@@ -914,16 +920,8 @@ class ImagePsfMatchTask:
         unconvolved = scienceExposure if convolveTemplate else match.warpedExposure
         fwhm = metadata["scienceFwhmPix" if convolveTemplate else "templateFwhmPix"]
         subtracted.psf = unconvolved.psf or GaussianPsf.from_fwhm(fwhm)
-        return ExposureSubtractResult(
-            matchedImage=match.matchedImage,
-            psfMatchingKernel=match.psfMatchingKernel,
-            backgroundModel=match.backgroundModel,
-            kernelCellSet=match.kernelCellSet,
-            metadata=metadata,
-            warpedExposure=match.warpedExposure,
-            matchedExposure=match.matchedExposure,
-            convolveTemplate=convolveTemplate,
-            subtractedExposure=subtracted,
+        return _extended(
+            match, ExposureSubtractResult, metadata=metadata, subtractedExposure=subtracted
         )
 
     def registered_template(
@@ -985,13 +983,8 @@ class ImagePsfMatchTask:
         difference.image -= match.backgroundModel.image(difference.bbox).astype(difference.dtype)
         metadata = dict(match.metadata)
         metadata.update(difference_statistics(difference, self.config.kernel.active.badMaskPlanes))
-        return SubtractResult(
-            matchedImage=match.matchedImage,
-            psfMatchingKernel=match.psfMatchingKernel,
-            backgroundModel=match.backgroundModel,
-            kernelCellSet=match.kernelCellSet,
-            metadata=metadata,
-            subtractedMaskedImage=difference,
+        return _extended(
+            match, SubtractResult, metadata=metadata, subtractedMaskedImage=difference
         )
 
 
