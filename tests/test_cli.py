@@ -15,6 +15,13 @@ from diffim.simulate import simulate_pair, write_pair
 from diffim.task import choose_convolve_template
 
 
+def run_subtract(paths, output, *options):
+    """Run ``diffim subtract`` on a written pair; return the exit status."""
+    return main(
+        ["subtract", str(paths["science"]), str(paths["template"]), "-o", str(output), *options]
+    )
+
+
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory):
     out = tmp_path_factory.mktemp("pair")
@@ -28,18 +35,7 @@ def pair_files(tmp_path_factory):
 def test_subtract_writes_a_clean_difference(pair_files, tmp_path):
     pair, paths = pair_files
     output = tmp_path / "difference.fits"
-    status = main(
-        [
-            "subtract",
-            str(paths["science"]),
-            str(paths["template"]),
-            "-o",
-            str(output),
-            "--config",
-            "spatialKernelOrder=1",
-            "-q",
-        ]
-    )
+    status = run_subtract(paths, str(output), "--config", "spatialKernelOrder=1", "-q")
     assert status == 0
     difference = read_exposure(output)
     metadata = difference.metadata
@@ -58,23 +54,11 @@ def test_subtract_refuses_to_overwrite(pair_files, tmp_path, capsys):
     _, paths = pair_files
     output = tmp_path / "difference.fits"
     output.write_text("keep me")
-    status = main(
-        ["subtract", str(paths["science"]), str(paths["template"]), "-o", str(output), "-q"]
-    )
+    status = run_subtract(paths, output, "-q")
     assert status == 2
     assert "--overwrite" in capsys.readouterr().err
     assert output.read_text() == "keep me"
-    status = main(
-        [
-            "subtract",
-            str(paths["science"]),
-            str(paths["template"]),
-            "-o",
-            str(paths["science"]),
-            "-q",
-            "--overwrite",
-        ]
-    )
+    status = run_subtract(paths, str(paths["science"]), "-q", "--overwrite")
     assert status == 2
 
 
@@ -101,18 +85,7 @@ def test_bad_input_exits_2_without_traceback(tmp_path):
 
 def test_unknown_config_key_is_named(pair_files, tmp_path, capsys):
     _, paths = pair_files
-    status = main(
-        [
-            "subtract",
-            str(paths["science"]),
-            str(paths["template"]),
-            "-o",
-            str(tmp_path / "d.fits"),
-            "--config",
-            "kernelSise=25",
-            "-q",
-        ]
-    )
+    status = run_subtract(paths, str(tmp_path / "d.fits"), "--config", "kernelSise=25", "-q")
     assert status == 2
     assert "kernelSize" in capsys.readouterr().err
 
@@ -175,18 +148,7 @@ def test_direction_choice(mode, template_fwhm, science_fwhm, expected):
 def test_debug_writes_diagnostic_pictures(pair_files, tmp_path):
     _, paths = pair_files
     debug = tmp_path / "debug"
-    status = main(
-        [
-            "subtract",
-            str(paths["science"]),
-            str(paths["template"]),
-            "-o",
-            str(tmp_path / "d.fits"),
-            "-d",
-            str(debug),
-            "-q",
-        ]
-    )
+    status = run_subtract(paths, str(tmp_path / "d.fits"), "-d", str(debug), "-q")
     assert status == 0
     names = {path.name for path in debug.iterdir()}
     assert {
@@ -205,21 +167,16 @@ def test_subtract_writes_requested_extra_outputs(pair_files, tmp_path):
 
     _, paths = pair_files
     names = {name: tmp_path / f"{name}.fits" for name in ("diff", "matched", "kernel", "bg")}
-    status = main(
-        [
-            "subtract",
-            str(paths["science"]),
-            str(paths["template"]),
-            "-o",
-            str(names["diff"]),
-            "--matched",
-            str(names["matched"]),
-            "--kernel",
-            str(names["kernel"]),
-            "--background",
-            str(names["bg"]),
-            "-q",
-        ]
+    status = run_subtract(
+        paths,
+        str(names["diff"]),
+        "--matched",
+        str(names["matched"]),
+        "--kernel",
+        str(names["kernel"]),
+        "--background",
+        str(names["bg"]),
+        "-q",
     )
     assert status == 0
     matched = read_exposure(names["matched"])
@@ -240,19 +197,7 @@ def test_decorrelated_difference_and_score_image(pair_files, tmp_path):
     --score writes the point-source S/N image, ~N(0, 1) in empty sky."""
     _, paths = pair_files
     output, score = tmp_path / "diff.fits", tmp_path / "score.fits"
-    status = main(
-        [
-            "subtract",
-            str(paths["science"]),
-            str(paths["template"]),
-            "-o",
-            str(output),
-            "--decorrelate",
-            "--score",
-            str(score),
-            "-q",
-        ]
-    )
+    status = run_subtract(paths, str(output), "--decorrelate", "--score", str(score), "-q")
     assert status == 0
     difference = read_exposure(output)
     assert difference.metadata["DECORR"] is True
@@ -274,17 +219,7 @@ def test_decorrelated_difference_and_score_image(pair_files, tmp_path):
 def test_no_warp_refuses_unregistered_images(tmp_path, capsys):
     pair = simulate_pair(shape=(256, 256), seed=2, n_stars=150, shift=(0.4, 0.0))
     paths = write_pair(pair, tmp_path)
-    status = main(
-        [
-            "subtract",
-            str(paths["science"]),
-            str(paths["template"]),
-            "-o",
-            str(tmp_path / "d.fits"),
-            "--no-warp",
-            "-q",
-        ]
-    )
+    status = run_subtract(paths, str(tmp_path / "d.fits"), "--no-warp", "-q")
     assert status == 2
     assert "not registered" in capsys.readouterr().err
 
@@ -292,19 +227,8 @@ def test_no_warp_refuses_unregistered_images(tmp_path, capsys):
 def test_tiled_subtraction_from_the_command_line(pair_files, tmp_path):
     _, paths = pair_files
     output = tmp_path / "tiled.fits"
-    status = main(
-        [
-            "subtract",
-            str(paths["science"]),
-            str(paths["template"]),
-            "-o",
-            str(output),
-            "--tiles",
-            "2x2",
-            "--config",
-            "spatialKernelOrder=1",
-            "-q",
-        ]
+    status = run_subtract(
+        paths, str(output), "--tiles", "2x2", "--config", "spatialKernelOrder=1", "-q"
     )
     assert status == 0
     image = read_exposure(output).masked_image
