@@ -66,6 +66,18 @@ def isolated_stars(truth, *, min_flux, max_flux=np.inf, radius=15.0, frame="scie
 
 ARTEFACT_PLANES = ["BAD", "SAT", "CR", "NO_DATA", "EDGE"]
 
+#: The seven pictures of ``diffim.diagnostics.write_debug_plots``, in the order written.
+DEBUG_PLOTS = (
+    "images.png",
+    "candidate_kernels.png",
+    "spatial_kernel.png",
+    "kernel_sum.png",
+    "residual_histograms.png",
+    "candidates.png",
+    "normalized_residuals.png",
+)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
 
 def psf_flux(difference, psf, x, y):
     """Weighted PSF-fit flux (ADU) of a point source at parent (x, y), and its 1σ error."""

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from conftest import DEBUG_PLOTS
 
 from diffim.cli import main
 from diffim.config import ImagePsfMatchConfig
@@ -151,15 +152,7 @@ def test_debug_writes_diagnostic_pictures(pair_files, tmp_path):
     status = run_subtract(paths, str(tmp_path / "d.fits"), "-d", str(debug), "-q")
     assert status == 0
     names = {path.name for path in debug.iterdir()}
-    assert {
-        "images.png",
-        "candidate_kernels.png",
-        "spatial_kernel.png",
-        "kernel_sum.png",
-        "residual_histograms.png",
-        "candidates.png",
-        "normalized_residuals.png",
-    } <= names
+    assert set(DEBUG_PLOTS) <= names
 
 
 def test_subtract_writes_requested_extra_outputs(pair_files, tmp_path):

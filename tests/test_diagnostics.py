@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import matplotlib.image
 import numpy as np
 import pytest
+from conftest import DEBUG_PLOTS, PNG_SIGNATURE
 from matplotlib.figure import Figure
 
 import diffim
@@ -22,17 +23,6 @@ from diffim.diagnostics import _save, plot_subtraction, write_debug_plots
 from diffim.errors import DiffimError, DiffimValueError, DiffimWarning
 from diffim.simulate import simulate_pair
 from diffim.task import MatchResult
-
-FIGURES = [
-    "images.png",
-    "candidate_kernels.png",
-    "spatial_kernel.png",
-    "kernel_sum.png",
-    "residual_histograms.png",
-    "candidates.png",
-    "normalized_residuals.png",
-]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -110,7 +100,7 @@ def constant(tmp_path_factory):
 
 
 def _check_pictures(plotted):
-    assert [path.name for path in plotted.paths] == FIGURES
+    assert [path.name for path in plotted.paths] == list(DEBUG_PLOTS)
     assert all(path.parent == plotted.out_dir for path in plotted.paths)
     for path in plotted.paths:
         assert path.read_bytes()[:8] == PNG_SIGNATURE, path.name
@@ -133,7 +123,7 @@ def test_every_picture_is_a_readable_png(varying):
 
 
 def test_no_temporary_files_are_left(varying):
-    assert sorted(p.name for p in varying.out_dir.iterdir()) == sorted(FIGURES)
+    assert sorted(p.name for p in varying.out_dir.iterdir()) == sorted(DEBUG_PLOTS)
 
 
 def test_inputs_and_result_are_unchanged(varying):
@@ -153,7 +143,7 @@ def test_constant_kernel_with_the_science_convolved(constant):
 
 
 def test_existing_folder_keeps_only_the_pictures(constant):
-    assert sorted(p.name for p in constant.out_dir.iterdir()) == sorted(FIGURES)
+    assert sorted(p.name for p in constant.out_dir.iterdir()) == sorted(DEBUG_PLOTS)
 
 
 def test_failed_save_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from conftest import DEBUG_PLOTS, PNG_SIGNATURE
 
 from diffim import read_exposure, simulate_pair
 from diffim.simulate import write_pair
@@ -27,17 +28,6 @@ pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT_S = 300
 SIZE = 384
-#: The seven pictures of ``diffim.diagnostics.write_debug_plots``.
-DEBUG_PLOTS = (
-    "images.png",
-    "candidate_kernels.png",
-    "spatial_kernel.png",
-    "kernel_sum.png",
-    "residual_histograms.png",
-    "candidates.png",
-    "normalized_residuals.png",
-)
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run_example(name, *args, cwd, warnings_as_errors=True, expect=0):
