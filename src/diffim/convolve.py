@@ -33,7 +33,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import DiffimValueError, MaskedPixelsWarning
 from .image import MASK_DTYPE, MaskedImage, MaskPlanes
-from .spatial import SpatialFunction, SpatialKernel, _term_powers
+from .spatial import SpatialFunction, SpatialKernel, term_powers
 
 __all__ = [
     "convolve_image",
@@ -41,6 +41,7 @@ __all__ = [
     "correlate_fft",
     "correlate_valid_pairs",
     "correlate_valid_stack",
+    "resolve_workers",
     "spread_mask",
 ]
 
@@ -59,7 +60,8 @@ DIRECT_MIN_KERNELS = 100
 _Weight = tuple[np.ndarray | None, np.ndarray | None]
 
 
-def _resolve_workers(workers: int | None) -> int:
+def resolve_workers(workers: int | None) -> int:
+    """Return the number of FFT threads: ``workers``, or every core available if None."""
     if workers is None:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     if int(workers) < 1:
@@ -188,7 +190,7 @@ def correlate_fft(
     c = kernels.shape[-1] // 2
     padded = np.pad(image.astype(dtype, copy=False), c)
     out = np.empty((len(kernels), *image.shape), dtype=dtype)
-    _correlate_valid_tiled(padded, kernels, out, None, _resolve_workers(workers))
+    _correlate_valid_tiled(padded, kernels, out, None, resolve_workers(workers))
     return out[0] if single else out
 
 
@@ -361,7 +363,7 @@ def spread_mask(
     selected = mask if bits is None else mask & MASK_DTYPE(bits)
     if half_width == 0 or not selected.any():
         return mask.copy()
-    spread = _box_or(selected, half_width, _resolve_workers(workers))
+    spread = _box_or(selected, half_width, resolve_workers(workers))
     if bits is not None:
         spread |= mask & ~MASK_DTYPE(bits)
     return spread
@@ -383,8 +385,8 @@ def _squared_kernel_terms(kernel: SpatialKernel) -> tuple[SpatialFunction, np.nd
     """
     function = kernel.function
     double = SpatialFunction(function.kind, 2 * function.order, function.bbox)
-    index = {powers: m for m, powers in enumerate(_term_powers(double.order))}
-    powers = _term_powers(function.order)
+    index = {powers: m for m, powers in enumerate(term_powers(double.order))}
+    powers = term_powers(function.order)
     expansion = np.zeros((len(powers), len(powers), len(index)))
     for p, (xp, yp) in enumerate(powers):
         for q, (xq, yq) in enumerate(powers):
@@ -457,7 +459,7 @@ def convolve_image(
     out = np.full_like(image, np.nan)
     interior = _interior(image.shape, kernel.half_width)
     function, kernels = kernel.function, kernel.term_kernels()
-    _spatial_correlate(image, function, kernels, xy0, out[interior], _resolve_workers(workers))
+    _spatial_correlate(image, function, kernels, xy0, out[interior], resolve_workers(workers))
     return out
 
 
@@ -568,7 +570,7 @@ def convolve_masked_image(
     if spread_mask_bits is not None and spread_mask_bits < 0:
         msg = f"spread_mask_bits must be a non-negative bit mask, got {spread_mask_bits}"
         raise DiffimValueError(msg)
-    workers, c = _resolve_workers(workers), kernel.half_width
+    workers, c = resolve_workers(workers), kernel.half_width
     image, variance, bad = _finite_planes(masked_image)
     fill = (masked_image.image, masked_image.variance) if copy_edge else (np.nan, np.inf)
     out_image, out_variance = np.empty_like(image), np.empty_like(variance)

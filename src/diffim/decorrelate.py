@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from .convolve import _resolve_workers, correlate_fft
+from .convolve import correlate_fft, resolve_workers
 from .errors import DiffimValueError, DiffimWarning
 from .fit import clipped_mean_std
 from .image import MaskedImage
@@ -186,7 +186,7 @@ def decorrelation_filter(
         msg = f"mean variances must be >= 0 and not both 0, got σ²_n={s_n}, σ²_c={s_c}"
         raise DiffimValueError(msg)
     padded = _centered_at_origin(kernel, shape)
-    kernel_hat = scipy.fft.rfft2(padded, workers=_resolve_workers(workers))
+    kernel_hat = scipy.fft.rfft2(padded, workers=resolve_workers(workers))
     kernel_sum = float(kernel.sum())
     denominator = np.maximum(s_n + s_c * np.abs(kernel_hat) ** 2, 1000 * np.finfo(float).tiny)
     phi_hat = np.sqrt((s_n + s_c * kernel_sum**2) / denominator)
@@ -347,7 +347,7 @@ def decorrelate_difference(
             DiffimWarning,
             stacklevel=2,
         )
-    workers = _resolve_workers(workers)
+    workers = resolve_workers(workers)
     shape = fft_shape(difference.shape, kernel.shape)
     log.info("decorrelating: σ²_n=%.4g σ²_c=%.4g, FFT grid %s", means[0], means[1], shape)
     decorrelation = decorrelation_filter(
@@ -507,7 +507,7 @@ def score_image(
         & np.isfinite(difference.variance)
         & ((difference.mask & difference.bitmask(tuple(bad_mask_planes))) == 0)
     )
-    workers = _resolve_workers(workers)
+    workers = resolve_workers(workers)
     image = np.where(usable, difference.image, 0.0)
     variance = np.where(usable, difference.variance, 0.0)
     signal = correlate_fft(image, kernel, workers=workers)

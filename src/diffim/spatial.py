@@ -21,7 +21,13 @@ import numpy as np
 from .errors import DiffimValueError
 from .image import BBox
 
-__all__ = ["SpatialBackground", "SpatialFunction", "SpatialKernel", "n_spatial_terms"]
+__all__ = [
+    "SpatialBackground",
+    "SpatialFunction",
+    "SpatialKernel",
+    "n_spatial_terms",
+    "term_powers",
+]
 
 SpatialModelType = Literal["chebyshev1", "polynomial"]
 
@@ -31,7 +37,7 @@ def n_spatial_terms(order: int) -> int:
     return (order + 1) * (order + 2) // 2
 
 
-def _term_powers(order: int) -> list[tuple[int, int]]:
+def term_powers(order: int) -> list[tuple[int, int]]:
     """Return ``(x power, y power)`` of each term, grouped by total degree, x power first."""
     return [(degree - j, j) for degree in range(order + 1) for j in range(degree + 1)]
 
@@ -103,13 +109,13 @@ class SpatialFunction:
         x, y = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
         u, v = self._scaled(x, y)
         powers_u, powers_v = self._powers_1d(u), self._powers_1d(v)
-        return np.stack([powers_u[px] * powers_v[py] for px, py in _term_powers(self.order)])
+        return np.stack([powers_u[px] * powers_v[py] for px, py in term_powers(self.order)])
 
     def terms_separable(self, x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Return each term as a pair of 1-d factors ``(f(x), g(y))`` (outer product = term)."""
         u, v = self._scaled(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
         powers_u, powers_v = self._powers_1d(u), self._powers_1d(v)
-        return [(powers_u[px], powers_v[py]) for px, py in _term_powers(self.order)]
+        return [(powers_u[px], powers_v[py]) for px, py in term_powers(self.order)]
 
     def image(self, coefficients: np.ndarray, bbox: BBox) -> np.ndarray:
         """Evaluate ``sum_p c_p P_p`` on every pixel of ``bbox``; returns shape ``(ny, nx)``."""
