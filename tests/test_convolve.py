@@ -329,3 +329,20 @@ def test_correlate_valid_pairs_matches_the_stack_one_by_one():
     for m in range(2):
         expected = correlate_valid_stack(images[m], kernels[m : m + 1])[0]
         np.testing.assert_allclose(result[m], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["fft", "direct", "gather"])
+def test_correlate_valid_stack_batch_matches_single_stamps(method):
+    rng = np.random.default_rng(7)
+    stamps = rng.normal(size=(2, 3, 17, 19))
+    if method == "gather":
+        basis = np.zeros((4, 5, 5))
+        basis[np.arange(4), [0, 2, 4, 1], [3, 2, 0, 4]] = [1.0, 2.0, -1.0, 0.5]
+    else:
+        basis = rng.normal(size=(4, 5, 5))
+    batch = correlate_valid_stack(stamps, basis, method=method)
+    assert batch.shape == (2, 3, 4, 13, 15)
+    for i in range(2):
+        for j in range(3):
+            expected = correlate_valid_stack(stamps[i, j], basis, method=method)
+            np.testing.assert_allclose(batch[i, j], expected, rtol=1e-10, atol=1e-12)

@@ -209,30 +209,34 @@ def correlate_valid_stack(
     *,
     method: Literal["auto", "fft", "direct", "gather"] = "auto",
 ) -> np.ndarray:
-    """Correlate a small stamp with every basis kernel over the stamp's valid region.
+    """Correlate small stamps with every basis kernel over the stamps' valid region.
 
     Parameters
     ----------
-    stamp : numpy.ndarray, shape (ny, nx)
-        Pixels of a kernel candidate (any units), ``ny, nx >= size``.
+    stamp : numpy.ndarray, shape (..., ny, nx)
+        Pixels of a kernel candidate (any units), ``ny, nx >= size``; leading axes hold a
+        batch of same-shape stamps, all done in one call.
     basis : numpy.ndarray, shape (n_basis, size, size)
         Basis kernels of one odd size.
     method : {"auto", "fft", "direct", "gather"}
-        ``"direct"`` is im2col + one matrix product ``(n_basis, size²) @ (size², n_pix)``;
-        ``"fft"`` transforms the stamp once and the kernels in one batch; ``"gather"``
+        ``"direct"`` is im2col + one matrix product ``(n_pix, size²) @ (size², n_basis)``;
+        ``"fft"`` transforms each stamp once and the kernels in one batch; ``"gather"``
         (delta-function kernels only) copies shifted views.  ``"auto"`` picks "gather"
         when it can, else "direct" from ``DIRECT_MIN_KERNELS`` kernels on, else "fft".
 
     Returns
     -------
-    numpy.ndarray, shape (n_basis, ny - size + 1, nx - size + 1)
-        ``out[m, y, x] = sum_{j,i} stamp[y + j, x + i] basis[m, j, i]``, the afw
+    numpy.ndarray, shape (..., n_basis, ny - size + 1, nx - size + 1)
+        ``out[..., m, y, x] = sum_{j,i} stamp[..., y + j, x + i] basis[m, j, i]``, the afw
         correlation at stamp pixel ``(x + c, y + c)``; float32 if both inputs are float32.
     """
     dtype = _float_dtype(stamp, basis)
     stamp, basis = np.asarray(stamp, dtype=dtype), _check_kernels(basis).astype(dtype)
-    if stamp.ndim != 2 or min(stamp.shape) < basis.shape[1]:
-        msg = f"stamp must be 2-d and at least {basis.shape[1]}² pixels, got {stamp.shape}"
+    if stamp.ndim < 2 or min(stamp.shape[-2:]) < basis.shape[1]:
+        msg = (
+            "stamps must be 2-d, or stacks of them, and at least "
+            f"{basis.shape[1]}² pixels, got {stamp.shape}"
+        )
         raise DiffimValueError(msg)
     methods = {"fft": _stack_fft, "direct": _stack_direct, "gather": _stack_gather}
     if method == "auto":
@@ -240,7 +244,7 @@ def correlate_valid_stack(
     if method not in methods:
         msg = f"method must be 'auto', 'fft', 'direct' or 'gather', got {method!r}"
         raise DiffimValueError(msg)
-    out_shape = (stamp.shape[0] - basis.shape[1] + 1, stamp.shape[1] - basis.shape[1] + 1)
+    out_shape = (stamp.shape[-2] - basis.shape[1] + 1, stamp.shape[-1] - basis.shape[1] + 1)
     return methods[method](stamp, basis, out_shape)
 
 
@@ -275,8 +279,9 @@ def _stack_gather(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.
         msg = "method='gather' needs delta-function kernels (one non-zero pixel each)"
         raise DiffimValueError(msg)
     offsets = np.flatnonzero(flat) - np.arange(n_basis) * size * size
-    windows = sliding_window_view(stamp, out_shape)  # (size, size, *out_shape)
-    shifted = windows[np.divmod(offsets, size)]
+    windows = sliding_window_view(stamp, out_shape, axis=(-2, -1))  # (..., size, size, *out)
+    dy, dx = np.divmod(offsets, size)
+    shifted = windows[..., dy, dx, :, :]
     values = flat[np.arange(n_basis), offsets]
     if np.any(values != 1):
         shifted *= values[:, None, None]
@@ -285,17 +290,19 @@ def _stack_gather(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.
 
 def _stack_direct(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.ndarray:
     n_basis, size = basis.shape[:2]
-    columns = sliding_window_view(stamp, (size, size)).reshape(-1, size * size)
-    return (basis.reshape(n_basis, size * size) @ columns.T).reshape(n_basis, *out_shape)
+    windows = sliding_window_view(stamp, (size, size), axis=(-2, -1))
+    columns = windows.reshape(*stamp.shape[:-2], -1, size * size)
+    product = columns @ basis.reshape(n_basis, size * size).T  # (..., n_pix, n_basis)
+    return np.swapaxes(product, -1, -2).reshape(*stamp.shape[:-2], n_basis, *out_shape)
 
 
 def _stack_fft(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.ndarray:
-    fft_shape = tuple(scipy.fft.next_fast_len(n, real=True) for n in stamp.shape)
+    fft_shape = tuple(scipy.fft.next_fast_len(n, real=True) for n in stamp.shape[-2:])
     product = scipy.fft.rfft2(basis, s=fft_shape)
     np.conjugate(product, out=product)
-    product *= scipy.fft.rfft2(stamp, s=fft_shape)
+    product = product * scipy.fft.rfft2(stamp, s=fft_shape)[..., None, :, :]
     result = scipy.fft.irfft2(product, s=fft_shape, overwrite_x=True)
-    return np.ascontiguousarray(result[:, : out_shape[0], : out_shape[1]])
+    return np.ascontiguousarray(result[..., : out_shape[0], : out_shape[1]])
 
 
 # -- masks ---------------------------------------------------------------------------------

@@ -23,15 +23,15 @@ from typing import Literal
 import numpy as np
 
 from .basis import kernel_pca_basis
-from .candidates import CandidateStatus, KernelCandidate, SpatialCellSet
+from .candidates import CandidateStatus, KernelCandidate, KernelSolution, SpatialCellSet
 from .errors import KernelSolutionError, NoKernelCandidatesError
 from .progress import progress_bar
 from .solve import (
     Regularization,
     SpatialSolution,
-    build_single_kernel,
-    candidate_residuals,
-    residual_statistics,
+    build_single_kernels,
+    residual_statistics_of,
+    residuals_of,
     solve_spatial_kernel,
 )
 
@@ -148,45 +148,49 @@ def clipped_mean_std(
 
 
 def _assess(
-    candidate: KernelCandidate,
-    kernel_image: np.ndarray,
-    background: float,
+    candidates: list[KernelCandidate],
+    kernel_images: list[np.ndarray],
+    backgrounds: list[float],
     stage: str,
     clip: bool,
     settings: FitSettings,
-) -> bool:
-    """Measure a candidate's residuals; mark it GOOD or BAD; return True if rejected."""
-    mean, std, _ = residual_statistics(
-        candidate,
-        kernel_image,
-        background,
+) -> list[bool]:
+    """Measure candidates' residuals; mark each GOOD or BAD; return which were rejected."""
+    statistics = residual_statistics_of(
+        candidates,
+        kernel_images,
+        backgrounds,
         bad_mask_bits=settings.bad_mask_bits,
         core_radius=settings.core_radius if settings.use_core_stats else None,
     )
-    candidate.residuals[stage] = (mean, std)
-    if not (np.isfinite(mean) and np.isfinite(std)):
-        candidate.reject(stage, "residual statistics are not finite")
-        return True
-    if clip and abs(mean) > settings.residual_mean_max:
-        candidate.reject(stage, f"|mean(D/σ)| = {abs(mean):.3g} > {settings.residual_mean_max}")
-        return True
-    if clip and std > settings.residual_std_max:
-        candidate.reject(stage, f"std(D/σ) = {std:.3g} > {settings.residual_std_max}")
-        return True
-    candidate.status = CandidateStatus.GOOD
-    return False
+    rejected = []
+    for candidate, (mean, std, _) in zip(candidates, statistics, strict=True):
+        candidate.residuals[stage] = (mean, std)
+        reason = ""
+        if not (np.isfinite(mean) and np.isfinite(std)):
+            reason = "residual statistics are not finite"
+        elif clip and abs(mean) > settings.residual_mean_max:
+            reason = f"|mean(D/σ)| = {abs(mean):.3g} > {settings.residual_mean_max}"
+        elif clip and std > settings.residual_std_max:
+            reason = f"std(D/σ) = {std:.3g} > {settings.residual_std_max}"
+        if reason:
+            candidate.reject(stage, reason)
+        else:
+            candidate.status = CandidateStatus.GOOD
+        rejected.append(bool(reason))
+    return rejected
 
 
-def _build_candidate(
-    candidate: KernelCandidate,
+def _build_candidates(
+    candidates: list[KernelCandidate],
     basis: np.ndarray,
     settings: FitSettings,
     regularization: Regularization | None,
     solution_name: str = "ORIG",
-) -> bool:
-    """Fit one candidate's kernel, store it as ``solution_name`` and assess it.
+) -> list[bool]:
+    """Fit candidates' kernels, store them as ``solution_name`` and assess them.
 
-    Returns True if the candidate was rejected.
+    Returns, per candidate, True if it was rejected.
     """
     options = {
         "fit_background": settings.fit_background,
@@ -197,25 +201,44 @@ def _build_candidate(
             settings.max_condition_number if settings.check_condition_number else None
         ),
     }
-    try:
-        solution = build_single_kernel(candidate, basis, **options)
-        if settings.iterate_single_kernel and not settings.constant_variance_weighting:
-            _, variance, _ = candidate_residuals(
-                candidate, solution.kernel_image, solution.background, 0
-            )
-            solution = build_single_kernel(candidate, basis, variance=variance, **options)
-    except KernelSolutionError as error:
-        candidate.reject(STAGE_BUILD, str(error))
-        return True
-    candidate.solutions[solution_name] = solution
-    return _assess(
-        candidate,
-        solution.kernel_image,
-        solution.background,
+    solutions = build_single_kernels(candidates, basis, **options)
+    if settings.iterate_single_kernel and not settings.constant_variance_weighting:
+        built = [i for i, s in enumerate(solutions) if isinstance(s, KernelSolution)]
+        variances: list[np.ndarray | None] = [None] * len(candidates)
+        residuals = residuals_of(
+            [candidates[i] for i in built],
+            [solutions[i].kernel_image for i in built],
+            [solutions[i].background for i in built],
+            0,
+        )
+        for i, (_, variance, _) in zip(built, residuals, strict=True):
+            variances[i] = variance
+        again = build_single_kernels(
+            [candidates[i] for i in built], basis, variances=[variances[i] for i in built],
+            **options,
+        )  # fmt: skip
+        for i, solution in zip(built, again, strict=True):
+            solutions[i] = solution
+    rejected = [False] * len(candidates)
+    fitted = []
+    for i, (candidate, solution) in enumerate(zip(candidates, solutions, strict=True)):
+        if isinstance(solution, KernelSolutionError):
+            candidate.reject(STAGE_BUILD, str(solution))
+            rejected[i] = True
+        else:
+            candidate.solutions[solution_name] = solution
+            fitted.append(i)
+    assessed = _assess(
+        [candidates[i] for i in fitted],
+        [solutions[i].kernel_image for i in fitted],
+        [solutions[i].background for i in fitted],
         STAGE_BUILD,
         settings.single_kernel_clipping,
         settings,
     )
+    for i, was_rejected in zip(fitted, assessed, strict=True):
+        rejected[i] = was_rejected
+    return rejected
 
 
 def _build_single_kernels(
@@ -226,17 +249,15 @@ def _build_single_kernels(
     rejected: Counter,
 ) -> None:
     """Fit every visited, not yet built candidate; repeat until a pass rejects none."""
-    while True:
-        n_rejected = 0
-        with progress_bar(None, "fitting kernel candidates") as bar:
-            for candidate in cell_set.visit(settings.n_star_per_cell):
-                if not candidate.is_built:
-                    n_rejected += _build_candidate(candidate, basis, settings, regularization)
-                    bar.update(1)
-        rejected[STAGE_BUILD] += n_rejected
-        log.debug("single-kernel pass: %d rejected", n_rejected)
-        if n_rejected == 0:
-            return
+    with progress_bar(None, "fitting kernel candidates") as bar:
+        while True:
+            todo = [c for c in cell_set.visit(settings.n_star_per_cell) if not c.is_built]
+            n_rejected = sum(_build_candidates(todo, basis, settings, regularization))
+            bar.update(len(todo))
+            rejected[STAGE_BUILD] += n_rejected
+            log.debug("single-kernel pass: %d fitted, %d rejected", len(todo), n_rejected)
+            if n_rejected == 0:
+                return
 
 
 def _last_stage(rejected: Counter) -> str:
@@ -298,8 +319,9 @@ def _pca_basis(
         subtract_mean=settings.subtract_mean_for_pca,
     )
     n_rejected = 0
-    for candidate in visited:
-        if _build_candidate(candidate, basis, settings, None, solution_name="PCA"):
+    flags = _build_candidates(visited, basis, settings, None, solution_name="PCA")
+    for candidate, was_rejected in zip(visited, flags, strict=True):
+        if was_rejected:
             candidate.rejected_by = STAGE_PCA
             n_rejected += 1
     rejected[STAGE_PCA] += n_rejected
@@ -334,15 +356,12 @@ def _assess_spatial(
     cell_set: SpatialCellSet, solution: SpatialSolution, settings: FitSettings, clip: bool
 ) -> tuple[int, int]:
     """Assess the visited candidates with the spatial model; return (n good, n rejected)."""
-    n_good = n_rejected = 0
-    for candidate in cell_set.visit(settings.n_star_per_cell):
-        kernel_image = solution.kernel.image_at(candidate.x, candidate.y)
-        background = float(solution.background(candidate.x, candidate.y))
-        if _assess(candidate, kernel_image, background, STAGE_SPATIAL, clip, settings):
-            n_rejected += 1
-        else:
-            n_good += 1
-    return n_good, n_rejected
+    visited = list(cell_set.visit(settings.n_star_per_cell))
+    x, y = np.array([c.x for c in visited]), np.array([c.y for c in visited])
+    kernel_images = list(solution.kernel.image_at(x, y))
+    backgrounds = list(np.broadcast_to(solution.background(x, y), x.shape))
+    rejected = _assess(visited, kernel_images, backgrounds, STAGE_SPATIAL, clip, settings)
+    return len(visited) - sum(rejected), sum(rejected)
 
 
 def fit_spatial_kernel(
@@ -466,21 +485,26 @@ def select_basis_by_bic(
         If no candidate could be fitted with any basis.
     """
     visited = list(cell_set.visit(settings.n_star_per_cell))
-    votes = dict.fromkeys(bases, 0)
-    for candidate in visited:
-        scores = {}
-        for key, basis in bases.items():
+    scores: list[dict] = [{} for _ in visited]
+    for key, basis in bases.items():
+        for candidate in visited:
             candidate.status, candidate.solutions = CandidateStatus.UNKNOWN, {}
-            if _build_candidate(candidate, basis, settings, None):
-                continue
-            solution = candidate.solutions["ORIG"]
-            difference, variance, usable = candidate_residuals(
-                candidate, solution.kernel_image, solution.background, settings.bad_mask_bits
-            )
+        flags = _build_candidates(visited, basis, settings, None)
+        fitted = [i for i, was_rejected in enumerate(flags) if not was_rejected]
+        solutions = [visited[i].solutions["ORIG"] for i in fitted]
+        residuals = residuals_of(
+            [visited[i] for i in fitted],
+            [solution.kernel_image for solution in solutions],
+            [solution.background for solution in solutions],
+            settings.bad_mask_bits,
+        )
+        for i, (difference, variance, usable) in zip(fitted, residuals, strict=True):
             chi2 = float(np.sum(difference[usable] ** 2 / variance[usable]))
-            scores[key] = chi2 + len(basis) * np.log(usable.sum())
-        if scores:
-            votes[min(scores, key=scores.get)] += 1
+            scores[i][key] = chi2 + len(basis) * np.log(usable.sum())
+    votes = dict.fromkeys(bases, 0)
+    for candidate_scores in scores:
+        if candidate_scores:
+            votes[min(candidate_scores, key=candidate_scores.get)] += 1
     if not any(votes.values()):
         raise NoKernelCandidatesError(len(cell_set), {"bic": len(visited)}, "BIC")
     best = max(votes, key=lambda key: (votes[key], -len(bases[key])))

@@ -12,7 +12,7 @@ coefficients, solve ``(Σ Aᵀ M A) θ = Σ Aᵀ b`` over the candidates.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,9 +29,12 @@ __all__ = [
     "Regularization",
     "SpatialSolution",
     "build_single_kernel",
+    "build_single_kernels",
     "candidate_residuals",
     "condition_number",
     "residual_statistics",
+    "residual_statistics_of",
+    "residuals_of",
     "solve_normal_equations",
     "solve_spatial_kernel",
 ]
@@ -120,6 +123,8 @@ def _regularization_risks(
 def solve_normal_equations(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """Solve the symmetric system ``matrix @ x = vector``, robustly.
 
+    ``vector`` may hold several right-hand sides as columns, shape ``(n, k)``.
+
     An LU factorisation is used when the matrix is invertible (every pivot above
     ``n · eps · max|pivot|``); otherwise the eigen-decomposition pseudo-inverse, which
     drops eigenvalues below ``n · eps · max|eigenvalue|`` (ip_diffim drops only exact zeros,
@@ -139,14 +144,42 @@ def solve_normal_equations(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray
     if np.all(np.isfinite(diag)) and diag.min() > tiny * diag.max():
         solution = scipy.linalg.lu_solve((lu, pivots), vector, check_finite=False)
     else:
-        eigenvalues, eigenvectors = np.linalg.eigh(matrix)
-        keep = np.abs(eigenvalues) > tiny * np.abs(eigenvalues).max()
-        projected = eigenvectors.T @ vector
-        solution = eigenvectors[:, keep] @ (projected[keep] / eigenvalues[keep])
+        solution = eigen_solve(matrix, vector)
     if not np.all(np.isfinite(solution)):
-        msg = "unable to determine kernel solution: the normal equations gave NaN coefficients"
-        raise KernelSolutionError(msg)
+        raise KernelSolutionError(NAN_SOLUTION)
     return solution
+
+
+NAN_SOLUTION = "unable to determine kernel solution: the normal equations gave NaN coefficients"
+
+
+def eigen_solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Solve symmetric systems by their eigen-decomposition pseudo-inverse.
+
+    Eigenvalues below ``n · eps · max|eigenvalue|`` of each system are dropped.
+
+    Parameters
+    ----------
+    matrices : numpy.ndarray, shape (..., n, n)
+        Symmetric matrices; leading axes hold a batch, solved in one LAPACK call.
+    vectors : numpy.ndarray, shape (..., n) or (..., n, k)
+        Right-hand sides, one or ``k`` per matrix.
+
+    Returns
+    -------
+    numpy.ndarray
+        Solutions, shaped like ``vectors``.
+    """
+    matrices = np.asarray(matrices)
+    single = vectors.ndim == matrices.ndim - 1
+    rhs = vectors[..., None] if single else vectors
+    eigenvalues, eigenvectors = np.linalg.eigh(matrices)
+    magnitude = np.abs(eigenvalues)
+    keep = magnitude > matrices.shape[-1] * np.finfo(float).eps * magnitude.max(-1, keepdims=True)
+    inverse = np.divide(1.0, eigenvalues, out=np.zeros_like(eigenvalues), where=keep)
+    projected = np.swapaxes(eigenvectors, -1, -2) @ rhs
+    solution = eigenvectors @ (projected * inverse[..., None])
+    return solution[..., 0] if single else solution
 
 
 def condition_number(matrix: np.ndarray, kind: ConditionNumberType = "EIGENVALUE") -> float:
@@ -177,13 +210,57 @@ def _weights(candidate: KernelCandidate, constant_variance_weighting: bool) -> n
 
 
 def _crop(array: np.ndarray, half_width: int) -> np.ndarray:
+    """The last two axes of ``array`` shrunk by ``half_width`` pixels on every side."""
     return array[
-        half_width : array.shape[0] - half_width, half_width : array.shape[1] - half_width
+        ..., half_width : array.shape[-2] - half_width, half_width : array.shape[-1] - half_width
     ]
 
 
-def build_single_kernel(
-    candidate: KernelCandidate,
+#: Most float64 values of per-pixel work arrays (stamp pixels x planes, e.g. the design
+#: columns of every basis kernel) that one batch of candidates may hold: 16 MB.
+BATCH_VALUES = 2**21
+
+
+def _batches(candidates: Sequence[KernelCandidate], n_planes: int) -> list[list[int]]:
+    """Group candidate indices by stamp shape, in batches of at most `BATCH_VALUES` values.
+
+    ``n_planes`` is the number of stamp-sized arrays a candidate needs in a batch.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, candidate in enumerate(candidates):
+        groups.setdefault(candidate.template.image.shape, []).append(index)
+    batches = []
+    for (ny, nx), indices in groups.items():
+        size = max(1, BATCH_VALUES // (n_planes * ny * nx))
+        batches.extend(indices[start : start + size] for start in range(0, len(indices), size))
+    return batches
+
+
+def _solve_batch(
+    matrices: np.ndarray,
+    vectors: np.ndarray,
+    basis_sums: np.ndarray,
+    regularization: Regularization | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Solve candidates' normal equations ``(M + λH) a = b`` in one batch.
+
+    Returns the solutions ``(n, n_unknowns)`` and the kernel-sum standard errors ``(n,)``
+    from the covariance ``(M + λH)⁻¹``.
+    """
+    systems = matrices
+    if regularization is not None:
+        weights = [regularization.weight(m, v) for m, v in zip(matrices, vectors, strict=True)]
+        systems = matrices + np.asarray(weights)[:, None, None] * regularization.matrix
+    sums = np.zeros(vectors.shape[1])
+    sums[: len(basis_sums)] = basis_sums
+    rhs = np.stack([vectors, np.broadcast_to(sums, vectors.shape)], axis=-1)
+    solved = eigen_solve(systems, rhs)
+    sum_variance = solved[:, :, 1] @ sums
+    return solved[:, :, 0], np.sqrt(np.maximum(sum_variance, 0.0))
+
+
+def build_single_kernels(
+    candidates: Sequence[KernelCandidate],
     basis: np.ndarray,
     *,
     fit_background: bool,
@@ -191,18 +268,22 @@ def build_single_kernel(
     regularization: Regularization | None = None,
     condition_number_type: ConditionNumberType = "EIGENVALUE",
     max_condition_number: float | None = None,
-    variance: np.ndarray | None = None,
-) -> KernelSolution:
-    """Fit one candidate's kernel (and background) by weighted linear least squares.
+    variances: Sequence[np.ndarray | None] | None = None,
+) -> list[KernelSolution | KernelSolutionError]:
+    """Fit many candidates' kernels (and backgrounds) by weighted linear least squares.
+
+    Candidates with stamps of the same shape are fitted together: their stamps are
+    correlated with the basis in one batched call and their normal equations built by one
+    batched matrix product, which is what makes hundreds of candidates cheap.
 
     Parameters
     ----------
-    candidate : KernelCandidate
-        The stamps; the fit uses the stamp shrunk by the kernel half-width.
+    candidates : sequence of KernelCandidate
+        The stamps; each fit uses its stamp shrunk by the kernel half-width.
     basis : numpy.ndarray, shape (n_basis, size, size)
         Basis kernels.
     fit_background : bool
-        Also fit a constant background under the stamp.
+        Also fit a constant background under each stamp.
     constant_variance_weighting : bool
         Weight every pixel by the stamp's median ``var_science + var_template``.
     regularization : Regularization, optional
@@ -210,11 +291,97 @@ def build_single_kernel(
     condition_number_type : {"EIGENVALUE", "SVD"}
         How the condition number is measured.
     max_condition_number : float, optional
-        If given and exceeded, raise instead of solving.
+        If given and exceeded, the candidate's fit fails instead of being solved.
+    variances : sequence of numpy.ndarray or None, optional
+        Per candidate, the per-pixel variance of its fit region (stamp shrunk by the kernel
+        half-width) to weight by instead of the stamps' variance planes, e.g. the variance
+        of a first fit's difference (``iterateSingleKernel``); None entries use the planes.
+
+    Returns
+    -------
+    list of KernelSolution or KernelSolutionError
+        One per candidate, in order: its solution, or the error that stopped its fit (bad
+        variance, a condition number above the limit, a non-finite solution).
+    """
+    half_width = basis.shape[1] // 2
+    n_basis = basis.shape[0]
+    basis_sums = basis.sum(axis=(1, 2))
+    results: list[KernelSolution | KernelSolutionError | None] = [None] * len(candidates)
+    for indices in _batches(candidates, n_basis + 1):
+        batch = [candidates[i] for i in indices]
+        templates = np.stack([c.template.image for c in batch])
+        design = correlate_valid_stack(templates, basis)  # (n, n_basis, ny, nx)
+        columns = design.reshape(len(batch), n_basis, -1).transpose(0, 2, 1)
+        if fit_background:
+            ones = np.ones((*columns.shape[:2], 1), dtype=columns.dtype)
+            columns = np.concatenate([columns, ones], axis=2)
+        data = _crop(np.stack([c.science.image for c in batch]), half_width)
+        data = data.reshape(len(batch), -1).astype(float)
+        weights = np.empty(data.shape)
+        for row, (index, candidate) in enumerate(zip(indices, batch, strict=True)):
+            variance = None if variances is None else variances[index]
+            if variance is not None:
+                weights[row] = 1.0 / variance.ravel()
+                continue
+            try:
+                weight = _weights(candidate, constant_variance_weighting)
+            except KernelSolutionError as error:
+                results[index], weight = error, 0.0
+            weights[row] = weight if np.isscalar(weight) else _crop(weight, half_width).ravel()
+        weighted = columns * weights[:, :, None]
+        matrices = np.swapaxes(weighted, 1, 2) @ columns
+        vectors = np.einsum("npq,np->nq", weighted, data)
+        solutions, sum_errors = _solve_batch(matrices, vectors, basis_sums, regularization)
+        for row, index in enumerate(indices):
+            if results[index] is not None:
+                continue
+            cond = float("nan")
+            if max_condition_number is not None:
+                cond = condition_number(matrices[row], condition_number_type)
+                if not 0 < cond <= max_condition_number:
+                    limit = f"(0, {max_condition_number:.3g}]"
+                    results[index] = KernelSolutionError(
+                        f"condition number {cond:.3g} outside {limit}"
+                    )
+                    continue
+            solution = solutions[row]
+            if not np.all(np.isfinite(solution)):
+                results[index] = KernelSolutionError(NAN_SOLUTION)
+                continue
+            coefficients = solution[:n_basis]
+            results[index] = KernelSolution(
+                coefficients=coefficients,
+                background=float(solution[n_basis]) if fit_background else 0.0,
+                kernel_image=np.tensordot(coefficients, basis, axes=1),
+                normal_matrix=matrices[row],
+                normal_vector=vectors[row],
+                condition_number=cond,
+                kernel_sum_error=float(sum_errors[row]),
+            )
+    return results
+
+
+def build_single_kernel(
+    candidate: KernelCandidate,
+    basis: np.ndarray,
+    *,
+    variance: np.ndarray | None = None,
+    **options: object,
+) -> KernelSolution:
+    """Fit one candidate's kernel (and background); see `build_single_kernels`.
+
+    Parameters
+    ----------
+    candidate : KernelCandidate
+        The stamps; the fit uses the stamp shrunk by the kernel half-width.
+    basis : numpy.ndarray, shape (n_basis, size, size)
+        Basis kernels.
     variance : numpy.ndarray, optional
-        Per-pixel variance of the fit region (stamp shrunk by the kernel half-width) to
-        weight by instead of the stamps' variance planes, e.g. the variance of a first
-        fit's difference (``iterateSingleKernel``).
+        Per-pixel variance of the fit region to weight by instead of the variance planes.
+    **options
+        ``fit_background`` (required), ``constant_variance_weighting``,
+        ``regularization``, ``condition_number_type``, ``max_condition_number`` as in
+        `build_single_kernels`.
 
     Returns
     -------
@@ -225,75 +392,130 @@ def build_single_kernel(
     KernelSolutionError
         Bad variance, a condition number above the limit, or a non-finite solution.
     """
-    half_width = basis.shape[1] // 2
-    design = correlate_valid_stack(candidate.template.image, basis)
-    n_basis = design.shape[0]
-    columns = design.reshape(n_basis, -1).T
-    if fit_background:
-        columns = np.hstack([columns, np.ones((columns.shape[0], 1))])
-    data = _crop(candidate.science.image, half_width).ravel().astype(float)
-    if variance is not None:
-        weights = 1.0 / variance.ravel()[:, None]
-    else:
-        weights = _weights(candidate, constant_variance_weighting)
-        if not np.isscalar(weights):
-            weights = _crop(weights, half_width).ravel()[:, None]
-    weighted = columns * weights
-    matrix = columns.T @ weighted
-    vector = weighted.T @ data
-    cond = float("nan")
-    if max_condition_number is not None:
-        cond = condition_number(matrix, condition_number_type)
-        if not 0 < cond <= max_condition_number:
-            msg = f"condition number {cond:.3g} outside (0, {max_condition_number:.3g}]"
-            raise KernelSolutionError(msg)
-    system = matrix
-    if regularization is not None:
-        system = matrix + regularization.weight(matrix, vector) * regularization.matrix
-    solution = solve_normal_equations(system, vector)
-    coefficients = solution[:n_basis]
-    sums = np.zeros(len(vector))
-    sums[:n_basis] = basis.sum(axis=(1, 2))
-    sum_variance = float(sums @ solve_normal_equations(system, sums))
-    return KernelSolution(
-        coefficients=coefficients,
-        background=float(solution[n_basis]) if fit_background else 0.0,
-        kernel_image=np.tensordot(coefficients, basis, axes=1),
-        normal_matrix=matrix,
-        normal_vector=vector,
-        condition_number=cond,
-        kernel_sum_error=float(np.sqrt(max(sum_variance, 0.0))),
-    )
+    (result,) = build_single_kernels([candidate], basis, variances=[variance], **options)
+    if isinstance(result, KernelSolutionError):
+        raise result
+    return result
+
+
+def _residual_batches(
+    candidates: Sequence[KernelCandidate],
+    kernel_images: Sequence[np.ndarray],
+    backgrounds: Sequence[float],
+    bad_mask_bits: int,
+) -> Iterator[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(indices, difference, variance, usable)`` for batches of same-shape stamps.
+
+    The template stamps and variances of a batch are correlated with their ``K`` and
+    ``K²`` in one FFT; the arrays have shape ``(len(indices), ny, nx)``.
+    """
+    for indices in _batches(candidates, 4):
+        batch = [candidates[i] for i in indices]
+        n = len(batch)
+        kernels = np.stack([kernel_images[i] for i in indices])
+        half_width = kernels.shape[1] // 2
+        stamps = np.stack([c.template.image for c in batch] + [c.template.variance for c in batch])
+        convolved = correlate_valid_pairs(stamps, np.concatenate([kernels, kernels**2]))
+        science_image, science_variance, science_mask = (
+            _crop(np.stack([getattr(c.science, plane) for c in batch]), half_width)
+            for plane in ("image", "variance", "mask")
+        )
+        offsets = np.array([backgrounds[i] for i in indices])[:, None, None]
+        difference = science_image - convolved[:n] - offsets
+        variance = convolved[n:] + science_variance
+        bad = (science_mask & bad_mask_bits) != 0
+        template_bad = (np.stack([c.template.mask for c in batch]) & bad_mask_bits) != 0
+        if template_bad.any():
+            box = np.ones((1, *kernels.shape[1:]))
+            bad |= correlate_valid_stack(template_bad.astype(float), box)[:, 0] > 0.5
+        yield indices, difference, variance, ~bad
+
+
+def residuals_of(
+    candidates: Sequence[KernelCandidate],
+    kernel_images: Sequence[np.ndarray],
+    backgrounds: Sequence[float],
+    bad_mask_bits: int,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Return each candidate's difference ``I - (K ⋆ T + b)`` over its fit region.
+
+    Returns
+    -------
+    list of (difference, variance, usable)
+        Per candidate: the difference (science units), its variance
+        ``var_I + K² ⋆ var_T``, and ``usable``, False where a bad-plane bit of the science
+        pixel, or of any template pixel under the kernel footprint, is set.
+    """
+    results: list = [None] * len(candidates)
+    for indices, difference, variance, usable in _residual_batches(
+        candidates, kernel_images, backgrounds, bad_mask_bits
+    ):
+        for row, index in enumerate(indices):
+            results[index] = (difference[row], variance[row], usable[row])
+    return results
 
 
 def candidate_residuals(
     candidate: KernelCandidate, kernel_image: np.ndarray, background: float, bad_mask_bits: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return a candidate's difference ``I - (K ⋆ T + b)`` over its fit region.
+    """Return one candidate's ``(difference, variance, usable)``; see `residuals_of`."""
+    return residuals_of([candidate], [kernel_image], [background], bad_mask_bits)[0]
+
+
+def residual_statistics_of(
+    candidates: Sequence[KernelCandidate],
+    kernel_images: Sequence[np.ndarray],
+    backgrounds: Sequence[float],
+    *,
+    bad_mask_bits: int,
+    core_radius: int | None = None,
+) -> list[tuple[float, float, int]]:
+    """Return the mean and standard deviation of ``D / σ`` on candidates (spec §3.9 step 2).
+
+    Parameters
+    ----------
+    candidates : sequence of KernelCandidate
+        The stamps.
+    kernel_images : sequence of numpy.ndarray
+        Per candidate, the kernel image applied to its template stamp.
+    backgrounds : sequence of float
+        Per candidate, the background subtracted with it.
+    bad_mask_bits : int
+        Pixels flagged with these bits are ignored.
+    core_radius : int, optional
+        If given, use only the ``(2 r + 1)²`` core box around each stamp centre.
 
     Returns
     -------
-    difference, variance : numpy.ndarray
-        Difference (science units) and its variance ``var_I + K² ⋆ var_T``.
-    usable : numpy.ndarray of bool
-        False where a bad-plane bit of the science pixel, or of any template pixel under
-        the kernel footprint, is set.
+    list of (mean, std, n)
+        Mean and standard deviation (``nan`` when fewer than two pixels are usable) and
+        the number of pixels used, per candidate.
     """
-    half_width = kernel_image.shape[0] // 2
-    template = candidate.template
-    convolved, variance = correlate_valid_pairs(
-        np.stack([template.image, template.variance]), np.stack([kernel_image, kernel_image**2])
-    )
-    difference = _crop(candidate.science.image, half_width) - convolved - background
-    variance = variance + _crop(candidate.science.variance, half_width)
-    template_bad = (template.mask & bad_mask_bits) != 0
-    if template_bad.any():
-        box = np.ones((1, *kernel_image.shape))
-        template_bad = correlate_valid_stack(template_bad.astype(float), box)[0] > 0.5
-    else:
-        template_bad = np.zeros(difference.shape, dtype=bool)
-    science_bad = (_crop(candidate.science.mask, half_width) & bad_mask_bits) != 0
-    return difference, variance, ~(template_bad | science_bad)
+    statistics: list = [None] * len(candidates)
+    for indices, difference, variance, usable in _residual_batches(
+        candidates, kernel_images, backgrounds, bad_mask_bits
+    ):
+        if core_radius is not None:
+            ny, nx = difference.shape[1:]
+            core = np.zeros((ny, nx), dtype=bool)
+            core[
+                max(ny // 2 - core_radius, 0) : ny // 2 + core_radius + 1,
+                max(nx // 2 - core_radius, 0) : nx // 2 + core_radius + 1,
+            ] = True
+            usable &= core
+        with np.errstate(divide="ignore", invalid="ignore"):
+            normalized = difference / np.sqrt(variance)
+            usable &= np.isfinite(normalized) & (variance > 0)
+            n = usable.sum(axis=(1, 2))
+            mean = np.where(usable, normalized, 0.0).sum(axis=(1, 2)) / n
+            deviations = np.where(usable, normalized - mean[:, None, None], 0.0)
+            std = np.sqrt((deviations**2).sum(axis=(1, 2)) / (n - 1))
+        for row, index in enumerate(indices):
+            if n[row] < 2:
+                statistics[index] = (float("nan"), float("nan"), int(n[row]))
+            else:
+                statistics[index] = (float(mean[row]), float(std[row]), int(n[row]))
+    return statistics
 
 
 def residual_statistics(
@@ -304,46 +526,11 @@ def residual_statistics(
     bad_mask_bits: int,
     core_radius: int | None = None,
 ) -> tuple[float, float, int]:
-    """Return the mean and standard deviation of ``D / σ`` on a candidate (spec §3.9 step 2).
-
-    Parameters
-    ----------
-    candidate : KernelCandidate
-        The stamps.
-    kernel_image : numpy.ndarray
-        Kernel image applied to the template stamp.
-    background : float
-        Background subtracted with it.
-    bad_mask_bits : int
-        Pixels flagged with these bits are ignored.
-    core_radius : int, optional
-        If given, use only the ``(2 r + 1)²`` core box around the stamp centre.
-
-    Returns
-    -------
-    mean, std : float
-        ``nan`` when fewer than two pixels are usable.
-    n : int
-        Number of pixels used.
-    """
-    difference, variance, usable = candidate_residuals(
-        candidate, kernel_image, background, bad_mask_bits
-    )
-    if core_radius is not None:
-        ny, nx = difference.shape
-        core = np.zeros_like(usable)
-        core[
-            max(ny // 2 - core_radius, 0) : ny // 2 + core_radius + 1,
-            max(nx // 2 - core_radius, 0) : nx // 2 + core_radius + 1,
-        ] = True
-        usable &= core
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normalized = difference / np.sqrt(variance)
-    usable &= np.isfinite(normalized) & (variance > 0)
-    values = normalized[usable]
-    if values.size < 2:
-        return float("nan"), float("nan"), int(values.size)
-    return float(values.mean()), float(values.std(ddof=1)), int(values.size)
+    """Return ``(mean, std, n)`` of ``D / σ`` on one candidate; see `residual_statistics_of`."""
+    return residual_statistics_of(
+        [candidate], [kernel_image], [background],
+        bad_mask_bits=bad_mask_bits, core_radius=core_radius,
+    )[0]  # fmt: skip
 
 
 @dataclass(frozen=True)

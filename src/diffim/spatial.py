@@ -188,9 +188,12 @@ class SpatialKernel:
         """Return the basis weights ``a_i(x, y)``, shape ``(n_basis,)``."""
         return self.coefficients @ self.function.terms(x, y)
 
-    def image_at(self, x: float, y: float) -> np.ndarray:
-        """Return the kernel image at parent pixel ``(x, y)``, shape ``(size, size)``."""
-        return np.tensordot(self.coefficients_at(x, y), self.basis, axes=1)
+    def image_at(self, x: float | np.ndarray, y: float | np.ndarray) -> np.ndarray:
+        """Return the kernel image at parent pixel ``(x, y)``, shape ``(size, size)``.
+
+        For arrays of positions, the images at each, shape ``(*positions, size, size)``.
+        """
+        return np.tensordot(self.coefficients_at(x, y), self.basis, axes=(0, 0))
 
     def sum_at(self, x: float, y: float) -> float:
         """Return the kernel sum (photometric scale) at parent pixel ``(x, y)``."""
