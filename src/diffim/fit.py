@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .basis import kernel_pca_basis
 from .candidates import CandidateStatus, KernelCandidate, KernelSolution, SpatialCellSet
@@ -47,6 +48,12 @@ log = logging.getLogger(__name__)
 
 #: Converts an interquartile range to the sigma of a Gaussian (afw's constant).
 IQR_TO_SIGMA = 0.741301109
+
+# BLAS note: the fitting stages run with single-threaded BLAS.  They multiply and decompose
+# thousands of small matrices (28 x 28 for the default basis), for which OpenBLAS's threads
+# only add overhead; while another process keeps a core busy (pytest -n 2, Dask workers)
+# its spinning threads made a batch of 40 eigen-decompositions 13x slower (119 ms instead
+# of 9 ms on 2 cores).
 
 STAGE_BUILD = "singleKernel"
 STAGE_KSUM = "kernelSum"
@@ -392,6 +399,16 @@ def fit_spatial_kernel(
     NoKernelCandidatesError
         When a stage is left without any usable candidate.
     """
+    with threadpool_limits(limits=1, user_api="blas"):  # see the BLAS note above
+        return _fit_spatial_kernel(cell_set, basis, settings, regularization)
+
+
+def _fit_spatial_kernel(
+    cell_set: SpatialCellSet,
+    basis: np.ndarray,
+    settings: FitSettings,
+    regularization: Regularization | None,
+) -> FitResult:
     rejected: Counter = Counter({STAGE_BUILD: 0, STAGE_KSUM: 0, STAGE_SPATIAL: 0})
     if settings.use_pca:
         rejected[STAGE_PCA] = 0
@@ -453,6 +470,31 @@ def fit_spatial_kernel(
     )
 
 
+def _bic_scores(
+    candidates: list[KernelCandidate],
+    bases: dict[tuple[int, ...], np.ndarray],
+    settings: FitSettings,
+) -> list[dict]:
+    """Per candidate, ``BIC = Σ (D/σ)² + k ln n`` of each basis whose fit passes clipping."""
+    scores: list[dict] = [{} for _ in candidates]
+    for key, basis in bases.items():
+        for candidate in candidates:
+            candidate.status, candidate.solutions = CandidateStatus.UNKNOWN, {}
+        flags = _build_candidates(candidates, basis, settings, None)
+        fitted = [i for i, was_rejected in enumerate(flags) if not was_rejected]
+        solutions = [candidates[i].solutions["ORIG"] for i in fitted]
+        residuals = residuals_of(
+            [candidates[i] for i in fitted],
+            [solution.kernel_image for solution in solutions],
+            [solution.background for solution in solutions],
+            settings.bad_mask_bits,
+        )
+        for i, (difference, variance, usable) in zip(fitted, residuals, strict=True):
+            chi2 = float(np.sum(difference[usable] ** 2 / variance[usable]))
+            scores[i][key] = chi2 + len(basis) * np.log(usable.sum())
+    return scores
+
+
 def select_basis_by_bic(
     cell_set: SpatialCellSet, bases: dict[tuple[int, ...], np.ndarray], settings: FitSettings
 ) -> tuple[tuple[int, ...], dict[tuple[int, ...], int]]:
@@ -485,22 +527,8 @@ def select_basis_by_bic(
         If no candidate could be fitted with any basis.
     """
     visited = list(cell_set.visit(settings.n_star_per_cell))
-    scores: list[dict] = [{} for _ in visited]
-    for key, basis in bases.items():
-        for candidate in visited:
-            candidate.status, candidate.solutions = CandidateStatus.UNKNOWN, {}
-        flags = _build_candidates(visited, basis, settings, None)
-        fitted = [i for i, was_rejected in enumerate(flags) if not was_rejected]
-        solutions = [visited[i].solutions["ORIG"] for i in fitted]
-        residuals = residuals_of(
-            [visited[i] for i in fitted],
-            [solution.kernel_image for solution in solutions],
-            [solution.background for solution in solutions],
-            settings.bad_mask_bits,
-        )
-        for i, (difference, variance, usable) in zip(fitted, residuals, strict=True):
-            chi2 = float(np.sum(difference[usable] ** 2 / variance[usable]))
-            scores[i][key] = chi2 + len(basis) * np.log(usable.sum())
+    with threadpool_limits(limits=1, user_api="blas"):  # see the BLAS note above
+        scores = _bic_scores(visited, bases, settings)
     votes = dict.fromkeys(bases, 0)
     for candidate_scores in scores:
         if candidate_scores:
