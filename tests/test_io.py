@@ -469,3 +469,46 @@ def test_saturated_pixels_of_plain_files_are_flagged(tmp_path):
     saturated = exposure.masked_image.mask_plane("SAT")
     assert saturated[5, 6]
     assert saturated.sum() == 1
+
+
+def test_user_mask_and_variance_arrays_are_not_modified(tmp_path):
+    """Read planes are taken over without copies; arrays passed in must still be copied,
+    because non-finite pixels are then zeroed and flagged NO_DATA."""
+    masked = make_masked_image()
+    image = masked.image.copy()
+    image[5, 6] = np.nan
+    path = write_plain(tmp_path / "image.fits", image)
+    mask, variance = masked.mask.copy(), masked.variance.copy()
+    with pytest.warns(MaskedPixelsWarning, match="1 pixels"):
+        result = read_exposure(path, mask=mask, variance=variance).masked_image
+    np.testing.assert_array_equal(mask, masked.mask)
+    np.testing.assert_array_equal(variance, masked.variance)
+    assert result.variance[5, 6] == 0
+    assert result.mask_plane("NO_DATA")[5, 6]
+    result.mask[:] = 0
+    result.variance[:] = 0
+    assert np.array_equal(mask, masked.mask)
+    assert np.array_equal(variance, masked.variance)
+
+
+def test_read_planes_are_native_writable_and_independent(tmp_path):
+    """FITS is big-endian: the planes come back in native byte order, writable, and two
+    reads of one file share no memory."""
+    path = tmp_path / "exposure.fits"
+    write_exposure(make_masked_image(), path)
+    first, second = read_exposure(path).masked_image, read_exposure(path).masked_image
+    for plane in (first.image, first.mask, first.variance):
+        assert plane.dtype.isnative
+        assert plane.flags.writeable
+        assert plane.flags.c_contiguous
+    first.image += 1.0
+    np.testing.assert_array_equal(first.image, second.image + 1.0)
+
+
+def test_integer_image_keeps_a_fractional_variance(tmp_path):
+    """An integer image is read as float64, and so is its variance map (0.25 stays 0.25)."""
+    path = write_plain(tmp_path / "counts.fits", np.arange(12, dtype=np.int16).reshape(3, 4))
+    result = read_exposure(path, variance=np.full((3, 4), 0.25)).masked_image
+    assert result.image.dtype == np.float64
+    assert result.variance.dtype == np.float64
+    np.testing.assert_array_equal(result.variance, 0.25)

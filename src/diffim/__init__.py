@@ -3,22 +3,30 @@
 >>> import diffim
 >>> result = diffim.subtract("science.fits", "template.fits")  # doctest: +SKIP
 >>> result.subtractedExposure  # doctest: +SKIP
+
+The names below are imported on first use (PEP 562), so that ``import diffim`` and the
+``diffim`` command load only the modules they need: the FITS reader, the simulator and the
+Task each pull in a different part of astropy and scipy.
 """
 
+import importlib
 import logging
+from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .config import ImagePsfMatchConfig, PsfMatchConfigAL, PsfMatchConfigDF
 from .errors import (
     DiffimError,
     DiffimValueError,
     InsufficientKernelSourcesError,
     NoKernelCandidatesError,
 )
-from .image import BBox, Exposure, MaskedImage, MaskPlanes
-from .io import from_ccddata, read_exposure, to_ccddata, write_exposure
-from .simulate import simulate_pair
-from .task import ImagePsfMatchTask, subtract
+
+if TYPE_CHECKING:
+    from .config import ImagePsfMatchConfig, PsfMatchConfigAL, PsfMatchConfigDF
+    from .image import BBox, Exposure, MaskedImage, MaskPlanes
+    from .io import from_ccddata, read_exposure, to_ccddata, write_exposure
+    from .simulate import simulate_pair
+    from .task import ImagePsfMatchTask, subtract
 
 __all__ = [
     "BBox",
@@ -41,5 +49,66 @@ __all__ = [
     "to_ccddata",
     "write_exposure",
 ]
+
+#: Public name -> the submodule that defines it, imported on first access.
+_LAZY_NAMES = {
+    "ImagePsfMatchConfig": "config",
+    "PsfMatchConfigAL": "config",
+    "PsfMatchConfigDF": "config",
+    "BBox": "image",
+    "Exposure": "image",
+    "MaskedImage": "image",
+    "MaskPlanes": "image",
+    "from_ccddata": "io",
+    "read_exposure": "io",
+    "to_ccddata": "io",
+    "write_exposure": "io",
+    "simulate_pair": "simulate",
+    "ImagePsfMatchTask": "task",
+    "subtract": "task",
+}
+#: Submodules reachable as attributes (``diffim.io``) without an explicit import.
+_SUBMODULES = frozenset(
+    {
+        "basis",
+        "batch",
+        "candidates",
+        "cli",
+        "config",
+        "convolve",
+        "decorrelate",
+        "diagnostics",
+        "errors",
+        "fit",
+        "image",
+        "io",
+        "progress",
+        "psf",
+        "simulate",
+        "solve",
+        "sources",
+        "spatial",
+        "task",
+        "warp",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    """Import the submodule that defines a public name on first access (PEP 562)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    module_name = _LAZY_NAMES.get(name)
+    if module_name is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 logging.getLogger("diffim").addHandler(logging.NullHandler())

@@ -25,11 +25,10 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Column, MaskedColumn, Table
 
 from .config import ImagePsfMatchConfig
 from .errors import DiffimValueError
@@ -44,6 +43,9 @@ from .task import (
     exposure_fwhm,
     subtract,
 )
+
+if TYPE_CHECKING:
+    from astropy.table import Column, Table
 
 __all__ = [
     "PairSpec", "TileResult", "add_batch_arguments", "default_margin", "output_state",
@@ -83,6 +85,8 @@ class PairSpec:
 # -- manifest ---------------------------------------------------------------------------------
 def _manifest_rows(manifest: Any) -> tuple[list[Mapping[str, Any]], Path]:
     """Return the rows of a manifest and the folder its relative paths start from."""
+    from astropy.table import Table  # the CLI imports this module for its options only
+
     if not isinstance(manifest, str | os.PathLike):
         if isinstance(manifest, Table):
             return [dict(zip(manifest.colnames, row, strict=True)) for row in manifest], Path.cwd()
@@ -292,6 +296,8 @@ def _write_summary(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _summary_table(rows: list[dict[str, Any]]) -> Table:
     """Return the rows as a table; numbers missing from a row are masked."""
+    from astropy.table import Column, MaskedColumn, Table
+
     columns: list[Column] = []
     for name, kind in SUMMARY_COLUMNS.items():
         values = [row.get(name) for row in rows]

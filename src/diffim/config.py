@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-import yaml
-
 from .errors import DiffimConfigError
 
 __all__ = [
@@ -329,6 +327,8 @@ class ConfigBase:
         path = Path(path)
         fmt = _file_format(path)
         text = path.read_text(encoding="utf-8")
+        import yaml  # only for config files and overrides: not on the default path
+
         try:
             data = yaml.safe_load(text) if fmt == "yaml" else tomllib.loads(text)
         except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
@@ -401,6 +401,8 @@ class ConfigBase:
 
 def _parse_override(text: str, spec: _FieldSpec) -> Any:
     """Parse an override value with YAML rules, tolerating ``1e-4`` and unquoted strings."""
+    import yaml
+
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -428,6 +430,8 @@ def _file_format(path: Path) -> Literal["yaml", "toml"]:
 
 def _yaml_value(value: Any) -> str:
     """Return one value in YAML flow style (``21``, ``[4, 2, 2]``, ``alard-lupton``)."""
+    import yaml
+
     plain = list(value) if isinstance(value, tuple) else value
     return yaml.safe_dump([plain], default_flow_style=True, width=10**9).strip()[1:-1]
 

@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from astropy.io import fits
-from astropy.stats import sigma_clipped_stats
-from astropy.wcs import WCS, FITSFixedWarning, Sip
 
 from .errors import (
     DiffimError,
@@ -38,6 +36,7 @@ from .image import DEFAULT_MASK_PLANES, MASK_DTYPE, Exposure, MaskedImage, MaskP
 
 if TYPE_CHECKING:
     from astropy.nddata import CCDData
+    from astropy.wcs import WCS
 
 __all__ = [
     "atomic_write",
@@ -115,6 +114,8 @@ def _set_card(header: fits.Header, key: str, value: Any) -> None:
 
 def _shift_wcs(wcs: WCS, dx: float, dy: float) -> WCS:
     """Return a copy of ``wcs`` whose pixel grid is shifted: new pixel = old pixel + (dx, dy)."""
+    from astropy.wcs import Sip  # astropy.wcs (and coordinates) cost ~0.3 s: import when used
+
     shifted = wcs.deepcopy()
     shifted.wcs.crpix = shifted.wcs.crpix + np.array([dx, dy], dtype=float)
     if shifted.sip is not None:
@@ -130,6 +131,8 @@ def _plane_header(exposure: Exposure, extname: str) -> fits.Header:
     header["EXTNAME"] = extname
     header["EXTTYPE"] = extname
     if exposure.wcs is not None:
+        from astropy.wcs import WCS
+
         if not isinstance(exposure.wcs, WCS):
             msg = f"can only write an astropy.wcs.WCS, got {type(exposure.wcs).__name__}"
             raise DiffimValueError(msg)
@@ -300,7 +303,9 @@ def _with_fits(path: PathLike, reader: Callable[[fits.HDUList], Any]) -> Any:
         msg = f"{path} does not exist; check the file name"
         raise DiffimIOError(msg)
     try:
-        with fits.open(path) as hdulist:
+        # Without memmap each plane is read into its own buffer, which `_native` byte-swaps
+        # in place: one copy of the pixels instead of a mapped file plus a native copy.
+        with fits.open(path, memmap=False) as hdulist:
             return reader(hdulist)
     except DiffimError:
         raise
@@ -315,12 +320,21 @@ def _is_2d_image(hdu: Any) -> bool:
 
 
 def _native(hdu: Any, label: str) -> np.ndarray:
-    """Return the data of a 2-d image HDU as a native-byte-order copy."""
+    """Return the data of a 2-d image HDU in native byte order, taking it over.
+
+    The HDU must come from a file opened without memmap by `_with_fits`, whose arrays
+    nobody else holds: they are byte-swapped in place instead of copied.
+    """
     data = np.asarray(hdu.data)
     if data.ndim != 2:
         msg = f"{label} holds a {data.ndim}-d array; a 2-d image is required"
         raise DiffimIOError(msg)
-    return data.astype(data.dtype.newbyteorder("="))
+    if data.dtype.isnative:
+        return data
+    native = data.dtype.newbyteorder("=")
+    if not data.flags.writeable:
+        return data.astype(native)
+    return data.byteswap(inplace=True).view(native)
 
 
 def _lsst_indices(hdulist: fits.HDUList) -> dict[str, int]:
@@ -377,8 +391,12 @@ def _read_file(hdulist: fits.HDUList, path: PathLike, hdu: int | str | None) -> 
     if extra and len(found) > 1:
         log.debug("%s: ignoring %d extra HDUs %s", path, len(extra), extra)
     parts: dict[str, Any] = {"label": str(path)}
+    taken: dict[int, np.ndarray] = {}
     for kind, index in found.items():
-        parts[kind] = _native(hdulist[index], f"{path}[{kind}]")
+        if index in taken:  # one HDU named for two planes: each plane gets its own array
+            parts[kind] = taken[index].copy()
+        else:
+            parts[kind] = taken[index] = _native(hdulist[index], f"{path}[{kind}]")
         parts[kind + "_header"] = hdulist[index].header.copy()
         shape = parts[kind].shape
         if shape != parts["IMAGE"].shape:
@@ -419,9 +437,18 @@ def _planes_from_header(header: Mapping | None) -> MaskPlanes | None:
 
 
 def _mask_from_array(
-    array: np.ndarray, header: Mapping | None, label: str, *, default_planes: bool
+    array: np.ndarray,
+    header: Mapping | None,
+    label: str,
+    *,
+    default_planes: bool,
+    copy: bool = True,
 ) -> tuple[np.ndarray, MaskPlanes]:
-    """Return an int32 mask and its planes; without MP_ cards any non-zero value is BAD."""
+    """Return an int32 mask and its planes; without MP_ cards any non-zero value is BAD.
+
+    With ``copy=False`` an int32 ``array`` (read from a file, owned by the caller) is
+    returned as the mask itself, else the mask is always a new array.
+    """
     if not np.issubdtype(array.dtype, np.integer):
         if not (np.isfinite(array).all() and np.array_equal(array, np.round(array))):
             msg = f"{label} holds non-integer values; a mask must hold integer bit planes"
@@ -438,23 +465,38 @@ def _mask_from_array(
     if array.size and (array.min() < 0 or array.max() > np.iinfo(MASK_DTYPE).max):
         msg = f"{label} has values outside 0..2**31-1; mask bits 31 and above are not supported"
         raise DiffimIOError(msg)
-    return array.astype(MASK_DTYPE), planes or MaskPlanes()
+    return array.astype(MASK_DTYPE, copy=copy), planes or MaskPlanes()
 
 
 def _variance_from_map(
-    array: np.ndarray, kind: str, label: str, error: type[DiffimError] = DiffimIOError
+    array: np.ndarray,
+    kind: str,
+    label: str,
+    error: type[DiffimError] = DiffimIOError,
+    *,
+    dtype: np.dtype | type = np.float64,
+    copy: bool = True,
 ) -> np.ndarray:
-    """Convert a variance, weight (inverse variance) or sigma map to a variance."""
+    """Convert a variance, weight (inverse variance) or sigma map to a variance of ``dtype``.
+
+    Weights and sigmas are converted in float64 and rounded once to ``dtype``.  With
+    ``copy=False`` a variance ``array`` of ``dtype`` (read from a file, owned by the caller)
+    is returned itself, else the result is always a new array.
+    """
     with np.errstate(invalid="ignore"):
         n_negative = int(np.count_nonzero(array < 0))
     if n_negative:
         msg = f"{label}: {n_negative} {kind} values are negative; a {kind} must be >= 0"
         raise error(msg)
+    if kind == "variance":
+        return array.astype(dtype, copy=copy)
     values = array.astype(np.float64)
     if kind == "weight":
         with np.errstate(divide="ignore"):
-            return 1.0 / values
-    return values * values if kind == "sigma" else values
+            np.divide(1.0, values, out=values)
+    else:
+        np.multiply(values, values, out=values)
+    return values.astype(dtype, copy=False)
 
 
 def _xy0_from_header(header: Mapping) -> tuple[int, int]:
@@ -467,6 +509,8 @@ def _xy0_from_header(header: Mapping) -> tuple[int, int]:
 
 def _wcs_from_header(header: fits.Header, xy0: tuple[int, int], notes: Notes) -> WCS | None:
     """Return the parent-pixel WCS of a header, or None if it has no celestial WCS."""
+    from astropy.wcs import WCS, FITSFixedWarning
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
@@ -519,14 +563,19 @@ def _pixel_noise(image: np.ndarray, usable: np.ndarray) -> float:
     2.3× less bias on a simulated field with a sky gradient, 3× on a crowded bulge field).
     For noise correlated between neighbours (a resampled image) it reads low by ``1 - ρ``.
     """
-    differences = [
-        (image[:, 1:] - image[:, :-1])[usable[:, 1:] & usable[:, :-1]],
-        (image[1:, :] - image[:-1, :])[usable[1:, :] & usable[:-1, :]],
-    ]
-    values = np.concatenate(differences).astype(np.float64)
+    values = np.concatenate(
+        [
+            (image[:, 1:] - image[:, :-1])[usable[:, 1:] & usable[:, :-1]],
+            (image[1:, :] - image[:-1, :])[usable[1:, :] & usable[:-1, :]],
+        ],
+        dtype=np.float64,
+    )
     if values.size == 0:
         return 0.0
-    return float(1.482602218505602 * np.median(np.abs(values - np.median(values))) / np.sqrt(2))
+    # In place: the medians may reorder ``values``, which the MAD does not depend on.
+    values -= np.median(values, overwrite_input=True)
+    np.abs(values, out=values)
+    return float(1.482602218505602 * np.median(values, overwrite_input=True) / np.sqrt(2))
 
 
 def _estimate_variance(
@@ -536,6 +585,8 @@ def _estimate_variance(
     if not usable.any():
         msg = f"{label} has no finite unmasked pixel; cannot estimate its variance"
         raise DiffimIOError(msg)
+    from astropy.stats import sigma_clipped_stats
+
     _, sky, _ = sigma_clipped_stats(image[usable], sigma=3.0, stdfunc="mad_std")
     sky_sigma = _pixel_noise(image, usable)
     if gain is None:
@@ -670,9 +721,10 @@ def read_exposure(
     """
     _check_options(variance=variance, weight=weight, sigma=sigma, gain=gain)
     parts = _with_fits(path, lambda hdulist: _read_file(hdulist, path, hdu))
-    image, label, header = parts["IMAGE"], parts["label"], parts["header"]
+    image, label, header = _float_image(parts["IMAGE"]), parts["label"], parts["header"]
     mask_array, planes = _read_mask(parts, mask)
-    variance_array = _read_variance(parts, variance=variance, weight=weight, sigma=sigma)
+    maps = {"variance": variance, "weight": weight, "sigma": sigma}
+    variance_array = _read_variance(parts, image.dtype, **maps)
     fields = _exposure_fields(header)
     gain = fields["gain"] if gain is None else gain
     if read_noise is None:
@@ -702,6 +754,11 @@ def read_exposure(
     )
 
 
+def _float_image(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` if it is float32 or float64, else a float64 copy (as MaskedImage)."""
+    return image if image.dtype in (np.float32, np.float64) else image.astype(np.float64)
+
+
 def _check_options(**options: Any) -> None:
     given = [name for name in ("variance", "weight", "sigma") if options[name] is not None]
     if len(given) > 1:
@@ -718,22 +775,29 @@ def _read_mask(parts: dict[str, Any], mask: PlaneSource | None) -> tuple[np.ndar
     if mask is not None:
         array, header, label = _load_plane(mask, "mask")
         _check_shape(array, parts["IMAGE"].shape, label, parts["label"])
-        return _mask_from_array(array, header, label, default_planes=False)
+        owned = not isinstance(mask, np.ndarray)  # read from a file: ours to reuse
+        return _mask_from_array(array, header, label, default_planes=False, copy=not owned)
     if "MASK" in parts:
         label = f"{parts['label']}[MASK]"
-        return _mask_from_array(parts["MASK"], parts["MASK_header"], label, default_planes=True)
+        header = parts["MASK_header"]
+        return _mask_from_array(parts["MASK"], header, label, default_planes=True, copy=False)
     return np.zeros(parts["IMAGE"].shape, dtype=MASK_DTYPE), MaskPlanes()
 
 
-def _read_variance(parts: dict[str, Any], **maps: PlaneSource | None) -> np.ndarray | None:
-    """Return the variance from a separate map if given, else the VARIANCE HDU, else None."""
+def _read_variance(
+    parts: dict[str, Any], dtype: np.dtype, **maps: PlaneSource | None
+) -> np.ndarray | None:
+    """Return the variance (of ``dtype``) from a separate map if given, else the VARIANCE
+    HDU, else None."""
     for kind, source in maps.items():
         if source is not None:
             array, _, label = _load_plane(source, kind)
             _check_shape(array, parts["IMAGE"].shape, label, parts["label"])
-            return _variance_from_map(array, kind, label)
+            owned = not isinstance(source, np.ndarray)
+            return _variance_from_map(array, kind, label, dtype=dtype, copy=not owned)
     if "VARIANCE" in parts:
-        return _variance_from_map(parts["VARIANCE"], "variance", f"{parts['label']}[VARIANCE]")
+        label = f"{parts['label']}[VARIANCE]"
+        return _variance_from_map(parts["VARIANCE"], "variance", label, dtype=dtype, copy=False)
     return None
 
 
@@ -816,9 +880,7 @@ def from_ccddata(ccd: CCDData, *, gain: float | None = None, read_noise: float =
     MaskedPixelsWarning
         Non-finite pixels were set to 0 and masked NO_DATA.
     """
-    image = np.array(ccd.data, dtype=ccd.data.dtype.newbyteorder("="))
-    if image.dtype.kind != "f":
-        image = image.astype(np.float64)
+    image = _float_image(np.array(ccd.data, dtype=ccd.data.dtype.newbyteorder("=")))
     meta = ccd.meta or {}
     fields = _exposure_fields(meta)
     gain = fields["gain"] if gain is None else gain
@@ -831,7 +893,9 @@ def from_ccddata(ccd: CCDData, *, gain: float | None = None, read_noise: float =
         mask, planes = np.zeros(image.shape, dtype=MASK_DTYPE), MaskPlanes()
     variance = _ccd_variance(ccd)
     if variance is not None:
-        variance = _variance_from_map(variance, "variance", "CCDData", DiffimValueError)
+        variance = _variance_from_map(
+            variance, "variance", "CCDData", DiffimValueError, dtype=image.dtype
+        )
     variance, source, notes = _complete(
         image, mask, planes, variance, label="CCDData", gain=gain, read_noise=read_noise
     )

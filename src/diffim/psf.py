@@ -28,8 +28,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import ndimage
-from scipy.special import ndtr
 
 from .errors import DiffimValueError
 from .image import BBox
@@ -394,6 +392,8 @@ def _gaussian_pixels(cov: tuple, u_edges: np.ndarray, v_edges: np.ndarray, sub: 
     sub-row gets the exact marginal probability in y, times the exact x-integral of the
     conditional Gaussian at the sub-row centre; with ``cxy == 0`` this is exact.
     """
+    from scipy.special import ndtr  # scipy.special costs ~0.1 s to import: only when used
+
     cxx, cyy, cxy = cov
     row_weight = np.diff(ndtr(v_edges / np.sqrt(cyy)[:, None]), axis=1)
     v_mid = 0.5 * (v_edges[:, 1:] + v_edges[:, :-1])
@@ -742,6 +742,8 @@ class _PixelizedPsf(PsfModel):
     def _render(
         self, x: np.ndarray, y: np.ndarray, dx: np.ndarray, dy: np.ndarray, size: int
     ) -> np.ndarray:
+        from scipy import ndimage  # ~0.3 s to import, for sub-pixel shifts only
+
         out = np.empty((x.size, size, size))
         for k in range(x.size):
             kernel = _resize(self._kernel_at(x[k], y[k]), size)

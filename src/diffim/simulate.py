@@ -18,15 +18,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from astropy.table import Table, vstack
-from astropy.wcs import WCS
 
 from .errors import DiffimIOError, DiffimValueError
 from .image import Exposure, MaskedImage
 from .psf import FieldVaryingPsf, PolynomialField, PsfModel
+
+if TYPE_CHECKING:  # astropy.table and astropy.wcs take ~0.4 s to import: only when simulating
+    from astropy.table import Table
+    from astropy.wcs import WCS
 
 __all__ = [
     "Injection",
@@ -428,6 +430,8 @@ def inject_point_sources(
         mi.variance += (model_e / gain**2).astype(mi.dtype)
     else:
         mi.image += model.astype(mi.dtype)
+    from astropy.table import Table
+
     sources = Table({"x": positions[:, 0], "y": positions[:, 1], "flux": fluxes})
     return Injection(result, sources)
 
@@ -459,6 +463,8 @@ def _science_to_template(p: SimulationParameters, xy: np.ndarray) -> np.ndarray:
 
 def _make_wcs(p: SimulationParameters, frame: str) -> WCS:
     """TAN WCS; the science one is the template one composed with the science->template map."""
+    from astropy.wcs import WCS
+
     scale = p.pixel_scale_arcsec / 3600.0
     cd = np.array([[-scale, 0.0], [0.0, scale]])  # north up, east left
     crpix = _center(p)
@@ -530,6 +536,8 @@ def _uniform_positions(
 
 
 def _positions_table(p: SimulationParameters, template_xy: np.ndarray, wcs: WCS) -> Table:
+    from astropy.table import Table
+
     science_xy = _template_to_science(p, template_xy)
     ra, dec = wcs.pixel_to_world_values(template_xy[:, 0], template_xy[:, 1])
     return Table(
@@ -644,6 +652,8 @@ def _cosmic_rays(rng: np.random.Generator, p: SimulationParameters, frame: str) 
     keep &= (track[None, :] == 0) | (step != 0).any(axis=1)[:, None]  # a (0, 0) step: one hit
     pixels = xy[keep]
     hit_flux = np.broadcast_to(flux[:, None], keep.shape)[keep]
+    from astropy.table import Table
+
     return Table(
         {"image": [frame] * len(pixels), "x": pixels[:, 0], "y": pixels[:, 1], "flux": hit_flux}
     )
@@ -742,6 +752,8 @@ def simulate_pair(
         images[frame] = _observe(p, model, rng, artefacts)
         exposures[frame] = _exposure(p, images[frame], wcs[frame], truth[f"{frame}_psf"], frame)
     _flag_saturated(p, truth["stars"], images)
+    from astropy.table import vstack
+
     truth["cosmic_rays"] = vstack([cosmic["science"], cosmic["template"]])
     result = SimulationTruth(parameters=p, **truth)
     return SimulatedPair(exposures["science"], exposures["template"], result)

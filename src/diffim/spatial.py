@@ -118,14 +118,19 @@ class SpatialFunction:
         return [(powers_u[px], powers_v[py]) for px, py in term_powers(self.order)]
 
     def image(self, coefficients: np.ndarray, bbox: BBox) -> np.ndarray:
-        """Evaluate ``sum_p c_p P_p`` on every pixel of ``bbox``; returns shape ``(ny, nx)``."""
+        """Evaluate ``sum_p c_p P_p`` on every pixel of ``bbox``; returns shape ``(ny, nx)``.
+
+        Each term is separable, ``P_p(x, y) = f_p(x) g_p(y)``, so the sum is the single
+        matrix product ``(c * G).T @ F`` of the (n_terms, ny) and (n_terms, nx) factors:
+        float64, and no full-size temporaries besides the result.
+        """
         xs = np.arange(bbox.x_min, bbox.x_min + bbox.width, dtype=float)
         ys = np.arange(bbox.y_min, bbox.y_min + bbox.height, dtype=float)
-        result = np.zeros(bbox.shape)
-        for c, (fx, gy) in zip(coefficients, self.terms_separable(xs, ys), strict=True):
-            if c != 0.0:
-                result += c * np.outer(gy, fx)
-        return result
+        factors = self.terms_separable(xs, ys)
+        along_x = np.array([np.broadcast_to(fx, xs.shape) for fx, _ in factors])
+        along_y = np.array([np.broadcast_to(gy, ys.shape) for _, gy in factors])
+        weighted = np.asarray(coefficients, dtype=float)[:, None] * along_y
+        return weighted.T @ along_x
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import ndimage
-from scipy.interpolate import BSpline, RectBivariateSpline
 
 from .errors import DiffimValueError, MaskedPixelsWarning, NoOverlapError
 from .image import BBox, Exposure, MaskedImage, MaskPlanes
@@ -228,6 +226,8 @@ class _PixelMap:
         self, x_nodes: np.ndarray, y_nodes: np.ndarray, values: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, int, np.ndarray]:
         """Return y knots, y degree and coefficients summed over x, (2, n_coeff_y, nx)."""
+        from scipy.interpolate import BSpline, RectBivariateSpline  # only when warping
+
         k_x, k_y = min(3, x_nodes.size - 1), min(3, y_nodes.size - 1)
         evaluated = []
         for v in values:
@@ -241,6 +241,8 @@ class _PixelMap:
         """Return template array ``(x, y)`` of science rows ``start:stop``, (2, n, nx)."""
         y = self._y[start:stop]
         if self._spline is not None:
+            from scipy.interpolate import BSpline
+
             knots_y, k_y, along_x = self._spline
             basis = BSpline.design_matrix(y, knots_y, k_y)
             mapped = np.array([basis @ c for c in along_x])
@@ -531,6 +533,8 @@ class WarpedPsf(PsfModel):
     def _render(
         self, x: np.ndarray, y: np.ndarray, dx: np.ndarray, dy: np.ndarray, size: int
     ) -> np.ndarray:
+        from scipy import ndimage  # ~0.3 s to import: only when a warped PSF is drawn
+
         out = np.empty((x.size, size, size))
         for k in range(x.size):
             jac = self.jacobian(x[k], y[k])

@@ -1,0 +1,61 @@
+"""The package namespace: every public name resolves, and light entry points stay light.
+
+``diffim/__init__.py`` imports its public names on first use (PEP 562), so that the
+``diffim`` command loads only what the subtract path needs.  These tests check that the
+lazy names are the real objects and that the heavy optional imports stay off that path.
+"""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+import diffim
+
+#: Imported only on the code paths that need them (warping, simulation, config files).
+OFF_THE_SUBTRACT_PATH = (
+    "astropy.wcs",
+    "astropy.coordinates",
+    "scipy.ndimage",
+    "scipy.interpolate",
+    "yaml",
+)
+
+
+@pytest.mark.parametrize("name", diffim.__all__)
+def test_every_public_name_resolves_to_its_defining_object(name):
+    value = getattr(diffim, name)
+    namespace = {}
+    exec(f"from diffim import {name} as value", namespace)
+    assert namespace["value"] is value
+    module_name = diffim._LAZY_NAMES.get(name)
+    if module_name is not None:
+        module = importlib.import_module(f"diffim.{module_name}")
+        assert getattr(module, name) is value
+
+
+def test_submodules_are_attributes_and_unknown_names_raise():
+    assert diffim.io is importlib.import_module("diffim.io")
+    assert set(diffim.__all__) <= set(dir(diffim))
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        _ = diffim.no_such_name
+
+
+def test_star_import_gives_all_names():
+    namespace = {}
+    exec("from diffim import *", namespace)
+    assert set(diffim.__all__) <= set(namespace)
+
+
+def test_cli_and_reader_do_not_import_heavy_optional_modules():
+    """``import diffim.cli, diffim.io`` (what ``diffim subtract`` loads before reading)
+    leaves astropy.wcs, scipy.ndimage, scipy.interpolate and yaml unimported."""
+    code = (
+        "import sys, diffim, diffim.cli, diffim.io; "
+        f"print(','.join(m for m in {OFF_THE_SUBTRACT_PATH!r} if m in sys.modules))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == ""
