@@ -2,12 +2,16 @@
 
 import numpy as np
 import pytest
+from astropy.table import Table
 from conftest import isolated_stars, near, normalized, psf_flux, simulate_with_model
 from scipy import ndimage
 
 import diffim
+import diffim.sources
+import diffim.task
 from diffim.errors import DeconvolutionWarning, NotRegisteredError
 from diffim.image import Exposure
+from diffim.sources import detect_sources
 from diffim.task import ImagePsfMatchTask, exposure_fwhm
 
 ROUND_PSF = {
@@ -48,6 +52,23 @@ def test_fwhm_measured_from_stars(profile):
         assert exposure_fwhm(without_psf(exposure), "image", log) == pytest.approx(truth, rel=0.03)
 
 
+def test_fwhm_falls_back_to_a_detection_when_given_stars_are_unusable(caplog):
+    """Positions where the image has no star (forced fits fail) lead to a detection of the
+    image itself, whose stars give the FWHM within 3 %."""
+    pair = diffim.simulate_pair(shape=(384, 384), seed=3, n_stars=300, **ROUND_PSF)
+    template = without_psf(pair.template)
+    nowhere = Table({"x": [20.5, 200.0, 350.0, 100.0], "y": [30.0, 11.0, 370.0, 250.0]})
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="test"):
+        fwhm = exposure_fwhm(
+            template, "template", logging.getLogger("test"), stars=nowhere, fwhm_guess=4.0
+        )
+    assert "forced profile fits succeeded for" in caplog.text
+    assert "measured from its stars" in caplog.text
+    assert fwhm == pytest.approx(pair.template.psf.fwhm(192, 192), rel=0.03)
+
+
 def test_selected_sources_avoid_saturation_masks_and_pairs():
     pair = diffim.simulate_pair(shape=(512, 512), seed=9, n_stars=500, saturation=20000.0)
     task = ImagePsfMatchTask()
@@ -65,6 +86,55 @@ def test_selected_sources_avoid_saturation_masks_and_pairs():
         ix, iy = round(row["x"]), round(row["y"])
         box = mask[max(iy - half, 0) : iy + half + 1, max(ix - half, 0) : ix + half + 1]
         assert not np.any(box & bad)
+
+
+def test_getselectsources_from_given_detections_equals_detecting():
+    """Selecting from a `detect_kernel_sources` table gives the stars a fresh detection
+    gives."""
+    pair = diffim.simulate_pair(shape=(384, 384), seed=9, n_stars=300)
+    task = ImagePsfMatchTask()
+    science = without_psf(pair.science)
+    fresh = task.getSelectSources(science, kernelSize=21)
+    reused = task.getSelectSources(
+        science, kernelSize=21, detections=task.detect_kernel_sources(science)
+    )
+    assert len(fresh) > 20
+    np.testing.assert_array_equal(fresh["x"], reused["x"])
+    np.testing.assert_array_equal(fresh["y"], reused["y"])
+
+
+@pytest.mark.parametrize("profile", ["gaussian", "moffat"])
+def test_subtraction_without_psf_models_detects_only_the_science_image(profile, monkeypatch):
+    """Without PSF models one sep detection of the science image serves its FWHM, the
+    template FWHM (measured at the science stars) and the kernel stars; both FWHMs come
+    back within 3 % and the kernel sum is that found with the true PSF models (0.1 %; a
+    21 px kernel misses 0.7 % of a Moffat's wings, so it is not the flux ratio 1.2)."""
+    pair = diffim.simulate_pair(
+        shape=(512, 512),
+        seed=21,
+        n_stars=500,
+        profile=profile,
+        science_fwhm=4.2,
+        template_fwhm=3.1,
+        flux_ratio=1.2,
+        **ROUND_PSF,
+    )
+    detected = []
+
+    def counting(masked_image, **options):
+        detected.append(masked_image.shape)
+        return detect_sources(masked_image, **options)
+
+    monkeypatch.setattr(diffim.sources, "detect_sources", counting)
+    monkeypatch.setattr(diffim.task, "detect_sources", counting)
+    result = diffim.subtract(without_psf(pair.science), without_psf(pair.template))
+    assert len(detected) == 1
+    for name, psf in (("science", pair.science.psf), ("template", pair.template.psf)):
+        assert result.metadata[f"{name}FwhmPix"] == pytest.approx(psf.fwhm(256, 256), rel=0.03)
+    with_models = diffim.subtract(pair.science, pair.template)
+    assert result.metadata["spatialKernelSum"] == pytest.approx(
+        with_models.metadata["spatialKernelSum"], rel=0.001
+    )
 
 
 def subtraction_quality(data, result, psf):

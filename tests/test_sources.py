@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from diffim import sources
 from diffim.errors import DiffimValueError, InsufficientKernelSourcesError, MaskedPixelsWarning
 from diffim.image import MaskedImage
 from diffim.sources import (
     REJECT_REASONS,
     detect_sources,
     measure_fwhm,
+    measure_fwhm_forced,
     select_kernel_sources,
 )
 
@@ -128,6 +130,24 @@ def test_detection_leaves_input_unchanged_and_accepts_float32_big_endian(gaussia
     np.testing.assert_array_equal(image.image, before.image)
     np.testing.assert_array_equal(image.variance, before.variance)
     np.testing.assert_array_equal(image.mask, before.mask)
+
+
+def test_float32_and_float64_images_give_identical_detections(gaussian_field):
+    """sep computes in single precision: a float32 image (kept float32, no float64 copy)
+    and the same values in float64 give the same table, bit for bit."""
+    image = gaussian_field[1]
+    single = MaskedImage(
+        image.image.astype(np.float32),
+        image.mask,
+        image.variance.astype(np.float32),
+        xy0=image.xy0,
+    )
+    double = single.astype(np.float64)
+    tables = [detect_sources(single), detect_sources(double)]
+    assert len(tables[0]) == len(tables[1]) > 0
+    for name in tables[0].colnames:
+        np.testing.assert_array_equal(tables[0][name], tables[1][name], err_msg=name)
+    assert tables[0].meta == tables[1].meta
 
 
 def test_nan_pixels_are_ignored_with_a_warning(gaussian_field):
@@ -283,6 +303,23 @@ def test_stamp_leaving_the_image_is_flagged_not_rejected():
     assert np.all(table["selected"])
 
 
+def test_masked_stamp_test_is_the_same_for_sparse_and_dense_masks(monkeypatch):
+    """The k-d tree used for a few bad pixels and the summed-area table used for many
+    flag exactly the same stamps."""
+    stars = star_grid(seed=11)
+    image = make_image(stars, profile=gaussian(3.0), seed=12)
+    rng = np.random.default_rng(13)
+    bad = rng.random(image.shape) < 0.002
+    bad[:, 77] = True  # a bad column
+    image.set_mask_plane("BAD", bad)
+    sparse = select_kernel_sources(image, stamp_half_width=10, return_all=True)
+    assert 0 < sparse["masked"].sum() < len(sparse)
+    monkeypatch.setattr(sources, "SPARSE_BAD_PIXELS", 0)
+    dense = select_kernel_sources(image, stamp_half_width=10, return_all=True)
+    np.testing.assert_array_equal(sparse["masked"], dense["masked"])
+    np.testing.assert_array_equal(sparse["edge"], dense["edge"])
+
+
 # -- FWHM ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("profile", "fwhm"),
@@ -315,3 +352,98 @@ def test_measure_fwhm_needs_three_stars():
     with pytest.raises(InsufficientKernelSourcesError, match="2 usable kernel stars, 3") as info:
         measure_fwhm(image)
     assert (info.value.n_usable, info.value.n_required) == (2, 3)
+
+
+@pytest.mark.parametrize("inverse_beta", [1e-6, 0.25, 0.6])
+def test_profile_derivatives_match_finite_differences(inverse_beta):
+    """The fit's analytic Jacobian (x0, y0, FWHM, 1/beta) equals central differences of
+    the pixel-integrated profile, from the Gaussian limit to beta = 1.7."""
+    offsets = np.arange(-6.0, 7.0)
+    py, px = (grid.ravel()[None, :] for grid in np.meshgrid(offsets, offsets, indexing="ij"))
+    params = np.array([[0.3, -0.2, 3.5, inverse_beta]])
+    _, jacobian = sources._profile_terms(params, px, py, jacobian=True)
+    for k, step in enumerate([1e-5, 1e-5, 1e-5, 1e-7]):
+        shifted = [params.copy(), params.copy()]
+        shifted[0][0, k] += step
+        shifted[1][0, k] -= step
+        models = [sources._profile_terms(p, px, py, jacobian=False)[0] for p in shifted]
+        numerical = (models[0] - models[1]) / (2 * step)
+        np.testing.assert_allclose(jacobian[..., k], numerical, rtol=1e-4, atol=1e-7)
+
+
+def test_measure_fwhm_reuses_given_detections(gaussian_field, monkeypatch):
+    """With a detection table the image is not detected again, and the FWHM is the one
+    measured from a fresh detection."""
+    image = gaussian_field[1]
+    detections = detect_sources(image)
+    expected = measure_fwhm(image)
+
+    def no_detection(*args, **kwargs):
+        raise AssertionError("detected again")
+
+    monkeypatch.setattr(sources, "detect_sources", no_detection)
+    assert measure_fwhm(image, detections=detections) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def reference_stars():
+    """Stars selected on a FWHM-4 Gaussian image, to be measured on other images."""
+    stars = star_grid(seed=14, flux_range=(1e4, 1e5))
+    reference = make_image(stars, profile=gaussian(4.0), seed=15)
+    selected = select_kernel_sources(reference, stamp_half_width=10)
+    return stars, selected
+
+
+@pytest.mark.parametrize(
+    ("profile", "fwhm"),
+    [(gaussian(3.0), 3.0), (moffat(5.5, 3.0), 5.5), (moffat(2.5, 2.5), 2.5)],
+    ids=["sharper-gauss", "broader-moffat", "much-sharper-moffat"],
+)
+def test_forced_fwhm_at_another_images_stars(reference_stars, profile, fwhm):
+    """Measured at the positions of stars selected on a FWHM-4 image, another PSF's FWHM
+    comes back within 3 %: Gaussian or Moffat, sharper or broader than the guess."""
+    stars, selected = reference_stars
+    image = make_image(stars, profile=profile, seed=16)
+    assert measure_fwhm_forced(image, selected, fwhm_pix=4.0) == pytest.approx(fwhm, rel=0.03)
+
+
+def test_forced_fwhm_skips_saturated_masked_and_missing_stars(reference_stars):
+    """The brightest reference stars are saturated, masked or absent on this image: they
+    are skipped (peak test, mask test, amplitude S/N) and the FWHM stays within 3 %."""
+    stars, selected = reference_stars
+    order = np.argsort(-stars[:, 2])
+    assert all(nearest(selected, *stars[k, :2])[1] < 1 for k in order[:7])
+    scaled = stars.copy()
+    scaled[order[:3], 2] *= 20.0  # saturated here
+    scaled[order[3:6], 2] = 0.0  # missing here (transients of the reference image)
+    image = make_image(scaled, profile=gaussian(3.0), seed=17)
+    clipped = image.image >= SATURATION
+    image.image[clipped] = SATURATION
+    x, y = stars[order[6], :2]
+    wing = np.zeros(image.shape, dtype=bool)
+    wing[round(y) + 4, round(x) - 4] = True  # a bad pixel in the stamp of the next one
+    image.set_mask_plane("BAD", wing)
+    fitted = []
+
+    def recording_fit(masked_image, bad, x, y, guess):
+        result = fit(masked_image, bad, x, y, guess)
+        fitted.extend(zip(x, y, result[1], strict=True))
+        return result
+
+    fit = sources._fit_fwhm
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sources, "_fit_fwhm", recording_fit)
+        fwhm = measure_fwhm_forced(image, selected, fwhm_pix=4.0, saturation=SATURATION)
+    assert fwhm == pytest.approx(3.0, rel=0.03)
+
+    def fits_at(k):
+        return [snr for x, y, snr in fitted if np.hypot(x - stars[k, 0], y - stars[k, 1]) < 1]
+
+    for k in (*order[:3], order[6]):  # saturated, masked: never fitted
+        assert fits_at(k) == []
+    for k in order[3:6]:  # missing: fitted on noise, dropped by the S/N test
+        assert all(not snr >= sources.MIN_FORCED_SNR for snr in fits_at(k))
+    assert sum(len(fits_at(k)) for k in order[3:6]) > 0
+    flat = make_image(np.zeros((0, 3)), profile=gaussian(3.0), seed=18)
+    with pytest.raises(InsufficientKernelSourcesError, match="0 usable kernel stars"):
+        measure_fwhm_forced(flat, selected, fwhm_pix=4.0)

@@ -12,15 +12,15 @@ import copy
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
 
 from ._version import __version__
 from .basis import (
@@ -48,17 +48,29 @@ from .fit import (
     select_basis_by_bic,
 )
 from .image import Exposure, MaskedImage
-from .psf import FWHM_PER_SIGMA, GaussianPsf, ImagePsf
 from .solve import Regularization
-from .sources import CROWDING_TESTS, detect_sources, measure_fwhm, select_kernel_sources
+from .sources import (
+    CROWDING_TESTS,
+    FIT_STAMP_FWHM,
+    FWHM_PER_SIGMA,
+    detect_sources,
+    measure_fwhm,
+    measure_fwhm_forced,
+    select_kernel_sources,
+)
 from .spatial import SpatialBackground, SpatialKernel, n_spatial_terms
-from .warp import warp_exposure, wcs_agree
+
+if TYPE_CHECKING:  # imported where used: astropy.table, the PSF models and warping are slow
+    from astropy.table import Table
+
+    from .psf import ImagePsf
 
 __all__ = [
     "ExposureMatchResult",
     "ExposureSubtractResult",
     "ImagePsfMatchTask",
     "MatchResult",
+    "PairFwhm",
     "SubtractResult",
     "choose_convolve_template",
     "exposure_fwhm",
@@ -182,6 +194,7 @@ class ExposureSubtractResult(ExposureMatchResult):
         gives each plane's parent ``x``, ``y`` and kernel sum.
         """
         from astropy.io import fits
+        from astropy.table import Table
 
         from .io import atomic_write_hdulist
 
@@ -204,6 +217,24 @@ class ExposureSubtractResult(ExposureMatchResult):
             name="POSITIONS",
         )
         atomic_write_hdulist(fits.HDUList([primary, table]), path, overwrite=overwrite)
+
+
+@dataclass(frozen=True, slots=True)
+class PairFwhm:
+    """What `ImagePsfMatchTask.pair_fwhm` returns.
+
+    Attributes
+    ----------
+    template_fwhm_pix, science_fwhm_pix : float
+        PSF FWHMs in pixels.
+    science_detections : astropy.table.Table or None
+        The science image's `ImagePsfMatchTask.detect_kernel_sources` table, to select the
+        kernel stars from; None when no detection was needed.
+    """
+
+    template_fwhm_pix: float
+    science_fwhm_pix: float
+    science_detections: Table | None = None
 
 
 def _extended(result: MatchResult, cls: type, **fields: Any) -> Any:
@@ -390,6 +421,7 @@ class ImagePsfMatchTask:
         min_half_width = min(half_width, kernel_size // 2 + (min_fit_side + 1) // 2)
         cell_set = SpatialCellSet(template.bbox, cfg.sizeCellX, cfg.sizeCellY)
         dropped = {"outside": 0, "edge": 0, "masked": 0, "no signal": 0}
+        n_inserted = 0  # len(cell_set) counts every cell's candidates: slow inside the loop
         for x, y in positions:
             if not template.bbox.contains_point(x, y):
                 dropped["outside"] += 1
@@ -413,10 +445,11 @@ class ImagePsfMatchTask:
                     template_stamp,
                     science_stamp,
                     rating,
-                    candidate_id=len(cell_set),
+                    candidate_id=n_inserted,
                 )
             )
-        if len(cell_set) == 0:
+            n_inserted += 1
+        if n_inserted == 0:
             details = ", ".join(f"{n} {why}" for why, n in dropped.items() if n)
             raise InsufficientKernelSourcesError(
                 0, 1, f"{len(positions)} positions given; dropped: {details}"
@@ -677,12 +710,105 @@ class ImagePsfMatchTask:
             raise DiffimValueError(msg)
         return float(psf.fwhm() if position is None else psf.fwhm(*position))
 
+    def _select_bad_bits(self, exposure: Exposure) -> int:
+        """Mask bits that exclude pixels from kernel-star detection and stamps."""
+        planes = self.config.kernel.active.detectionConfig.badMaskPlanes
+        return exposure.masked_image.bitmask([*planes, "BAD", "CR"])
+
+    def detect_kernel_sources(
+        self, exposure: Exposure, sigma: float | None = None, do_smooth: bool = True
+    ) -> Table:
+        """Detect the sources `getSelectSources` selects kernel stars from.
+
+        The threshold is ``selectDetectionThreshold``; the matched filter is a Gaussian of
+        ``sigma`` pixels, else of the exposure's PSF FWHM, else sep's 3x3 kernel (and none
+        of these when ``do_smooth`` is False).  The same table also serves to measure the
+        FWHM of an exposure without a PSF model (`exposure_fwhm`), so that a subtraction
+        detects on the science image only once.
+
+        Returns
+        -------
+        astropy.table.Table
+            A `diffim.sources.detect_sources` table (parent pixels).
+        """
+        fwhm = None
+        if do_smooth:
+            fwhm = sigma * FWHM_PER_SIGMA if sigma is not None else None
+            if fwhm is None and exposure.psf is not None:
+                fwhm = float(exposure.psf.fwhm(*exposure.bbox.center))
+        return detect_sources(
+            exposure.masked_image,
+            threshold_sigma=self.config.selectDetectionThreshold,
+            fwhm_pix=fwhm,
+            bad_mask_bits=self._select_bad_bits(exposure),
+        )
+
+    def pair_fwhm(
+        self,
+        template: Exposure,
+        science: Exposure,
+        *,
+        template_fwhm_pix: float | None = None,
+        science_fwhm_pix: float | None = None,
+        science_detections: Table | None = None,
+        select_stars: bool = True,
+    ) -> PairFwhm:
+        """Return the template and science FWHMs, detecting at most the science image.
+
+        A FWHM not given is that of the exposure's PSF model, or is measured from stars:
+        the science image is detected once (`detect_kernel_sources`, unless
+        ``science_detections`` is given), and that table serves its FWHM, the kernel stars
+        (when ``select_stars``) and the template FWHM, measured at the science stars on the
+        registered template.  A template detection is made only when those fail.
+
+        Parameters
+        ----------
+        template, science : Exposure
+            The template, registered to the science pixel grid, and the science image.
+        template_fwhm_pix, science_fwhm_pix : float, optional
+            Known FWHMs (pixels).
+        science_detections : astropy.table.Table, optional
+            The science image's `detect_kernel_sources` table, if made already.
+        select_stars : bool
+            Whether kernel stars will be selected on the science image: the detection
+            that needs is then made even when its FWHM is known.
+
+        Returns
+        -------
+        PairFwhm
+        """
+        detections = science_detections
+        science_needs = science_fwhm_pix is None and science.psf is None
+        template_needs = template_fwhm_pix is None and template.psf is None
+        if detections is None and (science_needs or (template_needs and select_stars)):
+            detections = self.detect_kernel_sources(science)
+        fwhm_science = science_fwhm_pix
+        if fwhm_science is None:
+            fwhm_science = exposure_fwhm(science, "science", self.log, detections=detections)
+        fwhm_template = template_fwhm_pix
+        if fwhm_template is None:
+            stars = None
+            if template_needs and detections is not None:
+                stars = select_kernel_sources(
+                    science.masked_image,
+                    stamp_half_width=math.ceil(FIT_STAMP_FWHM * fwhm_science),
+                    saturation=science.saturation,
+                    bad_mask_bits=detections.meta.get("bad_mask_bits"),
+                    detections=detections,
+                )
+            fwhm_template = exposure_fwhm(
+                template, "template", self.log, stars=stars, fwhm_guess=fwhm_science
+            )
+        return PairFwhm(fwhm_template, fwhm_science, detections)
+
     def getSelectSources(
         self,
         exposure: Exposure,
         sigma: float | None = None,
         doSmooth: bool = True,
         kernelSize: int | None = None,
+        *,
+        detections: Table | None = None,
     ) -> Table:
         """Detect and select kernel stars on an exposure (spec §1.7).
 
@@ -697,34 +823,27 @@ class ImagePsfMatchTask:
         kernelSize : int, optional
             Size (pixels) of the kernel to be fitted: sets the stamp box that must be free of
             masked pixels and brighter neighbours; the config's ``kernelSize`` if omitted.
+        detections : astropy.table.Table, optional
+            The exposure's `detect_kernel_sources` table, to select from instead of
+            detecting again (``sigma`` and ``doSmooth`` are then unused).
 
         Returns
         -------
         astropy.table.Table
             Kept stars, highest S/N first, with parent ``x``, ``y``, ``flux``, ``snr``, ...
         """
-        fwhm = None
-        if doSmooth:
-            fwhm = sigma * FWHM_PER_SIGMA if sigma is not None else None
-            if fwhm is None and exposure.psf is not None:
-                fwhm = float(exposure.psf.fwhm(*exposure.bbox.center))
+        if detections is None:
+            detections = self.detect_kernel_sources(exposure, sigma, doSmooth)
         kernel_size = self.config.kernel.active.kernelSize if kernelSize is None else kernelSize
         options = {
             "stamp_half_width": self.stamp_half_width(kernel_size),
-            "fwhm_pix": fwhm,
-            "threshold_sigma": self.config.selectDetectionThreshold,
             "min_snr": self.config.selectMinSnr,
             "max_snr": self.config.selectMaxSnr,
             "saturation": exposure.saturation,
             "saturation_fraction": self.config.selectSaturationFraction,
-            "bad_mask_bits": exposure.masked_image.bitmask(
-                [*self.config.kernel.active.detectionConfig.badMaskPlanes, "BAD", "CR"]
-            ),
+            "bad_mask_bits": self._select_bad_bits(exposure),
+            "detections": detections,
         }
-        options["detections"] = detect_sources(
-            exposure.masked_image, threshold_sigma=options["threshold_sigma"], fwhm_pix=fwhm,
-            bad_mask_bits=options["bad_mask_bits"],
-        )  # fmt: skip
         sources = select_kernel_sources(exposure.masked_image, **options)
         if len(sources) < MIN_ISOLATED_SOURCES:
             crowded = select_kernel_sources(
@@ -746,20 +865,28 @@ class ImagePsfMatchTask:
         scienceExposure: Exposure,
         kernelSize: int,
         candidateList: Any = None,
+        *,
+        scienceDetections: Table | None = None,
     ) -> Table:
         """Return the kernel stars whose stamps are usable in both images (spec §1.8).
 
         Stars come from ``candidateList`` (anything `matchMaskedImages` accepts) or are
-        selected on the science exposure.  The returned table has ``x``, ``y`` columns.
+        selected on the science exposure, from ``scienceDetections`` (its
+        `detect_kernel_sources` table) when given.  The returned table has ``x``, ``y``
+        columns.
 
         Raises
         ------
         InsufficientKernelSourcesError
             When no star gives a usable stamp; the message counts the reasons.
         """
+        from astropy.table import Table  # lazy: astropy.table costs ~0.2 s to import
+
         sources = candidateList
         if sources is None:
-            sources = self.getSelectSources(scienceExposure, kernelSize=kernelSize)
+            sources = self.getSelectSources(
+                scienceExposure, kernelSize=kernelSize, detections=scienceDetections
+            )
         positions = _positions(sources)
         n_parameters = self._n_fit_parameters()
         cell_set, _ = self._build_cell_set(
@@ -787,6 +914,8 @@ class ImagePsfMatchTask:
         candidateList: Any = None,
         doWarping: bool = True,
         convolveTemplate: bool = True,
+        *,
+        scienceDetections: Table | None = None,
     ) -> ExposureMatchResult:
         """PSF-match two exposures (spec §1.3).
 
@@ -802,18 +931,24 @@ class ImagePsfMatchTask:
             Allow warping the template onto the science grid.
         convolveTemplate : bool
             Convolve the template (True) or the science image (False).
+        scienceDetections : astropy.table.Table, optional
+            The science image's `detect_kernel_sources` table; detected here if needed
+            (see `pair_fwhm`).
 
         Returns
         -------
         ExposureMatchResult
         """
         warped = self.registered_template(templateExposure, scienceExposure, doWarping)
-        fwhm_template = templateFwhmPix
-        if fwhm_template is None:
-            fwhm_template = exposure_fwhm(warped, "template", self.log)
-        fwhm_science = scienceFwhmPix
-        if fwhm_science is None:
-            fwhm_science = exposure_fwhm(scienceExposure, "science", self.log)
+        fwhm = self.pair_fwhm(
+            warped,
+            scienceExposure,
+            template_fwhm_pix=templateFwhmPix,
+            science_fwhm_pix=scienceFwhmPix,
+            science_detections=scienceDetections,
+            select_stars=candidateList is None,
+        )
+        fwhm_template, fwhm_science = fwhm.template_fwhm_pix, fwhm.science_fwhm_pix
         if convolveTemplate:
             to_convolve, reference = warped, scienceExposure
             fwhm_convolved, fwhm_reference = fwhm_template, fwhm_science
@@ -829,7 +964,13 @@ class ImagePsfMatchTask:
                 stacklevel=2,
             )
         kernel_size = self.makeKernelBasisList(fwhm_convolved, fwhm_reference).kernel_size
-        candidates = self.makeCandidateList(warped, scienceExposure, kernel_size, candidateList)
+        candidates = self.makeCandidateList(
+            warped,
+            scienceExposure,
+            kernel_size,
+            candidateList,
+            scienceDetections=fwhm.science_detections,
+        )
         result = self.matchMaskedImages(
             to_convolve.masked_image,
             reference.masked_image,
@@ -872,6 +1013,8 @@ class ImagePsfMatchTask:
         candidateList: Any = None,
         doWarping: bool = True,
         convolveTemplate: bool = True,
+        *,
+        scienceDetections: Table | None = None,
     ) -> ExposureSubtractResult:
         """PSF-match two exposures and subtract (spec §1.5).
 
@@ -892,6 +1035,7 @@ class ImagePsfMatchTask:
             candidateList,
             doWarping,
             convolveTemplate,
+            scienceDetections=scienceDetections,
         )
         science = scienceExposure.masked_image
         background = match.backgroundModel.image(science.bbox).astype(science.dtype)
@@ -919,7 +1063,12 @@ class ImagePsfMatchTask:
         # the difference has the PSF of the image that was not convolved
         unconvolved = scienceExposure if convolveTemplate else match.warpedExposure
         fwhm = metadata["scienceFwhmPix" if convolveTemplate else "templateFwhmPix"]
-        subtracted.psf = unconvolved.psf or GaussianPsf.from_fwhm(fwhm)
+        if unconvolved.psf is None:
+            from .psf import GaussianPsf
+
+            subtracted.psf = GaussianPsf.from_fwhm(fwhm)
+        else:
+            subtracted.psf = unconvolved.psf
         return _extended(
             match, ExposureSubtractResult, metadata=metadata, subtractedExposure=subtracted
         )
@@ -936,6 +1085,8 @@ class ImagePsfMatchTask:
         NoOverlapError
             If the two images do not overlap.
         """
+        from .warp import warp_exposure, wcs_agree
+
         warping = self.config.kernel.active.warpingConfig
         if template.bbox == science.bbox and wcs_agree(template.wcs, science.wcs, science.bbox):
             return template
@@ -1014,11 +1165,60 @@ def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str
     }
 
 
-def exposure_fwhm(exposure: Exposure, name: str, log: logging.Logger) -> float:
-    """FWHM (pixels) of an exposure's PSF at its centre, measured from stars if it has none."""
+def exposure_fwhm(
+    exposure: Exposure,
+    name: str,
+    log: logging.Logger,
+    *,
+    detections: Table | None = None,
+    stars: Table | None = None,
+    fwhm_guess: float | None = None,
+) -> float:
+    """FWHM (pixels) of an exposure's PSF at its centre, measured from stars if it has none.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        The image; its PSF model is used when it has one.
+    name : str
+        What to call the image in the log.
+    log : logging.Logger
+        Where to report a measured FWHM.
+    detections : astropy.table.Table, optional
+        A `diffim.sources.detect_sources` table of this exposure (such as
+        `ImagePsfMatchTask.detect_kernel_sources` gives) to measure from instead of
+        detecting again.
+    stars, fwhm_guess : optional
+        Stars found on another image of the same pixel grid (e.g. the science stars, for the
+        warped template) and that image's FWHM (pixels): the FWHM is then measured at their
+        positions (`diffim.sources.measure_fwhm_forced`), without a detection.
+
+    Either way, should too few stars give a profile fit, the exposure is detected again
+    at `measure_fwhm`'s own threshold.
+
+    Raises
+    ------
+    InsufficientKernelSourcesError
+        If the exposure has no PSF model and fewer than 3 stars can be fitted.
+    """
     if exposure.psf is not None:
         return float(exposure.psf.fwhm(*exposure.bbox.center))
-    fwhm = measure_fwhm(exposure.masked_image, saturation=exposure.saturation)
+    image, saturation = exposure.masked_image, exposure.saturation
+    attempts = []
+    if stars is not None and fwhm_guess is not None:
+        options = {"sources": stars, "fwhm_pix": fwhm_guess}
+        attempts.append(("at the other image's stars", measure_fwhm_forced, options))
+    if detections is not None:
+        attempts.append(("from its stars", measure_fwhm, {"detections": detections}))
+    for how, measure, options in attempts:
+        try:
+            fwhm = measure(image, saturation=saturation, **options)
+        except InsufficientKernelSourcesError as error:
+            log.info("%s: %s; trying another way to measure the FWHM", name, error)
+        else:
+            log.info("%s has no PSF model; FWHM measured %s: %.2f px", name, how, fwhm)
+            return fwhm
+    fwhm = measure_fwhm(image, saturation=saturation)
     log.info("%s has no PSF model; FWHM measured from its stars: %.2f px", name, fwhm)
     return fwhm
 
@@ -1110,8 +1310,8 @@ def subtract(
     task = ImagePsfMatchTask(config)
     log = task.log
     warped = task.registered_template(template_exposure, science_exposure, do_warping=warp)
-    template_fwhm = exposure_fwhm(warped, "template", log)
-    science_fwhm = exposure_fwhm(science_exposure, "science", log)
+    fwhm = task.pair_fwhm(warped, science_exposure, select_stars=candidateList is None)
+    template_fwhm, science_fwhm = fwhm.template_fwhm_pix, fwhm.science_fwhm_pix
     convolve_template = choose_convolve_template(mode or config.mode, template_fwhm, science_fwhm)
     log.info(
         "FWHM template %.2f px, science %.2f px: convolving the %s",
@@ -1126,6 +1326,7 @@ def subtract(
         scienceFwhmPix=science_fwhm,
         candidateList=candidateList,
         convolveTemplate=convolve_template,
+        scienceDetections=fwhm.science_detections,
     )
     if decorrelate:
         _decorrelate(result, science_exposure, config.kernel.active.badMaskPlanes)
@@ -1137,6 +1338,7 @@ def _decorrelated_psf(psf: Any, result: ExposureSubtractResult, science: Exposur
     from scipy.ndimage import convolve as convolve_image
 
     from .decorrelate import decorrelation_kernel
+    from .psf import ImagePsf
 
     center = result.subtractedExposure.bbox.center
     planes = [science.masked_image, result.warpedExposure.masked_image]
