@@ -490,9 +490,14 @@ class Exposure:
         )
 
     def copy(self) -> Exposure:
-        """Return a deep copy of pixels and metadata (the PSF and WCS are shared)."""
+        """Return a deep copy of pixels and metadata (the PSF is shared)."""
+        return self.with_pixels(self.masked_image.copy())
+
+    def with_pixels(self, masked_image: MaskedImage) -> Exposure:
+        """Return an exposure of ``masked_image`` (not copied) with a deep copy of this one's
+        WCS and metadata and the same PSF, gain, saturation, zero point and filter."""
         return Exposure(
-            self.masked_image.copy(),
+            masked_image,
             wcs=copy.deepcopy(self.wcs),
             psf=self.psf,
             gain=self.gain,

@@ -117,12 +117,14 @@ class SpatialFunction:
         powers_u, powers_v = self._powers_1d(u), self._powers_1d(v)
         return [(powers_u[px], powers_v[py]) for px, py in term_powers(self.order)]
 
-    def image(self, coefficients: np.ndarray, bbox: BBox) -> np.ndarray:
+    def image(
+        self, coefficients: np.ndarray, bbox: BBox, dtype: np.dtype | type = np.float64
+    ) -> np.ndarray:
         """Evaluate ``sum_p c_p P_p`` on every pixel of ``bbox``; returns shape ``(ny, nx)``.
 
         Each term is separable, ``P_p(x, y) = f_p(x) g_p(y)``, so the sum is the single
-        matrix product ``(c * G).T @ F`` of the (n_terms, ny) and (n_terms, nx) factors:
-        float64, and no full-size temporaries besides the result.
+        matrix product ``(c * G).T @ F`` of the (n_terms, ny) and (n_terms, nx) factors,
+        computed in ``dtype``: no full-size temporaries besides the result.
         """
         xs = np.arange(bbox.x_min, bbox.x_min + bbox.width, dtype=float)
         ys = np.arange(bbox.y_min, bbox.y_min + bbox.height, dtype=float)
@@ -130,7 +132,7 @@ class SpatialFunction:
         along_x = np.array([np.broadcast_to(fx, xs.shape) for fx, _ in factors])
         along_y = np.array([np.broadcast_to(gy, ys.shape) for _, gy in factors])
         weighted = np.asarray(coefficients, dtype=float)[:, None] * along_y
-        return weighted.T @ along_x
+        return weighted.T.astype(dtype) @ along_x.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -204,10 +206,10 @@ class SpatialKernel:
         """Return the kernel sum (photometric scale) at parent pixel ``(x, y)``."""
         return float(self.image_at(x, y).sum())
 
-    def sum_image(self, bbox: BBox) -> np.ndarray:
-        """Return the kernel sum on every pixel of ``bbox``, shape ``(ny, nx)``."""
+    def sum_image(self, bbox: BBox, dtype: np.dtype | type = np.float64) -> np.ndarray:
+        """Return the kernel sum on every pixel of ``bbox``, shape ``(ny, nx)``, in ``dtype``."""
         basis_sums = self.basis.sum(axis=(1, 2))
-        return self.function.image(basis_sums @ self.coefficients, bbox)
+        return self.function.image(basis_sums @ self.coefficients, bbox, dtype)
 
     def term_kernels(self) -> np.ndarray:
         """Return ``K_p = sum_i theta_ip B_i`` per spatial term, shape ``(n_terms, size, size)``.
@@ -236,9 +238,9 @@ class SpatialBackground:
         """Evaluate the background at parent pixel positions."""
         return np.tensordot(self.coefficients, self.function.terms(x, y), axes=1)
 
-    def image(self, bbox: BBox) -> np.ndarray:
-        """Evaluate the background on every pixel of ``bbox``, shape ``(ny, nx)``."""
-        return self.function.image(self.coefficients, bbox)
+    def image(self, bbox: BBox, dtype: np.dtype | type = np.float64) -> np.ndarray:
+        """Evaluate the background on every pixel of ``bbox``, shape ``(ny, nx)``, in ``dtype``."""
+        return self.function.image(self.coefficients, bbox, dtype)
 
     @classmethod
     def zero(cls, bbox: BBox) -> SpatialBackground:

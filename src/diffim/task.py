@@ -182,7 +182,7 @@ class ExposureSubtractResult(ExposureMatchResult):
         from .io import write_exposure
 
         bbox = self.subtractedExposure.bbox
-        image = self.backgroundModel.image(bbox).astype(self.subtractedExposure.masked_image.dtype)
+        image = self.backgroundModel.image(bbox, self.subtractedExposure.masked_image.dtype)
         write_exposure(MaskedImage(image, xy0=(bbox.x_min, bbox.y_min)), path, overwrite=overwrite)
 
     def write_kernel(
@@ -1038,7 +1038,7 @@ class ImagePsfMatchTask:
             scienceDetections=scienceDetections,
         )
         science = scienceExposure.masked_image
-        background = match.backgroundModel.image(science.bbox).astype(science.dtype)
+        background = match.backgroundModel.image(science.bbox, science.dtype)
         if convolveTemplate:
             difference = science.copy()
             difference -= match.matchedImage
@@ -1047,7 +1047,7 @@ class ImagePsfMatchTask:
             difference = match.matchedImage.copy()
             difference.image += background
             difference -= match.warpedExposure.masked_image
-            kernel_sum = match.psfMatchingKernel.sum_image(science.bbox).astype(science.dtype)
+            kernel_sum = match.psfMatchingKernel.sum_image(science.bbox, science.dtype)
             difference.image /= kernel_sum
             difference.variance /= kernel_sum**2
         metadata = dict(match.metadata)
@@ -1057,8 +1057,7 @@ class ImagePsfMatchTask:
         metadata["CONFIG"] = " ".join(
             f"{key}={value}" for key, value in _flatten(self.config.to_dict()).items()
         )
-        subtracted = scienceExposure.copy()
-        subtracted.masked_image = difference
+        subtracted = scienceExposure.with_pixels(difference)
         subtracted.metadata.update(metadata)
         # the difference has the PSF of the image that was not convolved
         unconvolved = scienceExposure if convolveTemplate else match.warpedExposure
@@ -1131,7 +1130,7 @@ class ImagePsfMatchTask:
         )
         difference = scienceMaskedImage.copy()
         difference -= match.matchedImage
-        difference.image -= match.backgroundModel.image(difference.bbox).astype(difference.dtype)
+        difference.image -= match.backgroundModel.image(difference.bbox, difference.dtype)
         metadata = dict(match.metadata)
         metadata.update(difference_statistics(difference, self.config.kernel.active.badMaskPlanes))
         return _extended(
@@ -1147,17 +1146,21 @@ def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str
     """
     bad_bits = difference.bitmask([*bad_mask_planes, "NO_DATA", "EDGE"])
     with np.errstate(divide="ignore", invalid="ignore"):
-        normalized = difference.image / np.sqrt(difference.variance)
-    good = np.isfinite(normalized) & ((difference.mask & bad_bits) == 0)
+        normalized = np.sqrt(difference.variance)
+        np.divide(difference.image, normalized, out=normalized)
+    good = (difference.mask & bad_bits) == 0
+    good &= np.isfinite(normalized)
     values = normalized[good]
+    del normalized  # the statistics below work in place on the copy of the good pixels
     if values.size == 0:
         return {
             "diffimResidualMedian": float("nan"),
             "diffimResidualRobustStd": float("nan"),
             "diffimGoodPixelFraction": 0.0,
         }
-    median = float(np.median(values))
-    mad = float(np.median(np.abs(values - median)))
+    median = float(np.median(values, overwrite_input=True))
+    values -= median
+    mad = float(np.median(np.abs(values, out=values), overwrite_input=True))
     return {
         "diffimResidualMedian": median,
         "diffimResidualRobustStd": 1.482602218505602 * mad,
