@@ -70,3 +70,27 @@ def test_rating_is_core_signal_to_noise():
     assert candidate_rating(stamp, bad_mask_bits=0, core_radius=3) == pytest.approx(10.0)
     stamp.image[10, 10] = 1e6
     assert candidate_rating(stamp, bad_mask_bits=1, core_radius=3) == pytest.approx(10.0)
+
+
+def test_remove_sky_slope_keeps_the_star_and_the_central_level():
+    """A star on a tilted, noisy sky (300 + 0.4 dx - 0.25 dy ADU, σ = 5 ADU) with a bright
+    neighbour in the outer part: the removed plane has the true slope within 5 times its
+    least-squares error σ / sqrt(Σ dx²) (outer pixels), and zero level at the centre."""
+    from diffim.candidates import remove_sky_slope
+
+    half, sigma = 30, 5.0
+    dy, dx = np.indices((2 * half + 1, 2 * half + 1), dtype=float) - half
+    star = 5.0e3 * np.exp(-0.5 * (dx**2 + dy**2) / 1.5**2)
+    neighbour = 8.0e3 * np.exp(-0.5 * ((dx - 22) ** 2 + (dy + 18) ** 2) / 1.5**2)
+    noise = np.random.default_rng(4).normal(0.0, sigma, dx.shape)
+    image = star + neighbour + 300.0 + 0.4 * dx - 0.25 * dy + noise
+    stamp = MaskedImage(image, variance=np.full(dx.shape, sigma**2), xy0=(100, 200))
+    flat = remove_sky_slope(stamp, inner_radius=half / 2)
+    removed = stamp.image - flat.image
+    outer = np.hypot(dx, dy) > half / 2
+    slope_error = sigma / np.sqrt(np.sum(dx[outer] ** 2))
+    assert removed[half, half] == 0.0
+    assert removed[half, half + 1] == pytest.approx(0.4, abs=5 * slope_error)
+    assert removed[half + 1, half] == pytest.approx(-0.25, abs=5 * slope_error)
+    np.testing.assert_array_equal(stamp.image, image)  # the input is untouched
+    assert flat.xy0 == (100, 200)

@@ -25,8 +25,16 @@ __all__ = [
     "SpatialCell",
     "SpatialCellSet",
     "candidate_rating",
+    "remove_sky_slope",
     "stamp_box",
 ]
+
+#: Iterations and threshold (robust sigmas) of the clipped plane fit in `remove_sky_slope`.
+SKY_SLOPE_ITERATIONS = 3
+SKY_SLOPE_CLIP = 3.0
+
+#: Converts a median absolute deviation to the sigma of a Gaussian.
+MAD_TO_SIGMA = 1.4826
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +186,59 @@ def candidate_rating(science: MaskedImage, bad_mask_bits: int, core_radius: int)
         snr = image / np.sqrt(variance)
     good = ((science.mask[rows, cols] & bad_mask_bits) == 0) & np.isfinite(snr)
     return float(snr[good].mean()) if good.any() else float("nan")
+
+
+def remove_sky_slope(stamp: MaskedImage, inner_radius: float) -> MaskedImage:
+    """Return a copy of a stamp with the slope of its local sky removed.
+
+    A plane ``c + gx·dx + gy·dy`` (``dx, dy`` pixel offsets from the stamp centre) is fitted
+    by least squares to the pixels farther than ``inner_radius`` from the centre, clipping
+    those more than `SKY_SLOPE_CLIP` robust sigmas (median absolute deviation) from it
+    (neighbouring stars, cosmic rays) for `SKY_SLOPE_ITERATIONS` passes; ``gx·dx + gy·dy``
+    is subtracted from the image.  The level at the centre is kept, so a background fitted
+    to the flattened stamp is still the background at the star.
+
+    Parameters
+    ----------
+    stamp : MaskedImage
+        A candidate stamp (square, odd side, centred on the star); not modified.
+    inner_radius : float
+        Pixels closer than this to the centre (the star) are not used, in pixels.
+
+    Returns
+    -------
+    MaskedImage
+        A new image plane (same dtype) sharing the mask and variance planes of ``stamp``;
+        ``stamp`` itself when fewer than 3 pixels lie outside ``inner_radius``.
+
+    Notes
+    -----
+    A delta-function kernel needs this (see `diffim.task`): a sky gradient in the template
+    is carried into the model by every kernel pixel, so a broad pedestal in the kernel
+    (whose convolution with the star is nearly flat over the stamp) can fit a difference
+    of sky gradients that a constant background cannot, at the cost of a wrong kernel sum.
+    """
+    ny, nx = stamp.shape
+    dy, dx = np.indices(stamp.shape, dtype=float)
+    dx -= nx // 2
+    dy -= ny // 2
+    outer = np.hypot(dx, dy) > inner_radius
+    if np.count_nonzero(outer) < 3:
+        return stamp
+    design = np.stack([np.ones(np.count_nonzero(outer)), dx[outer], dy[outer]], axis=1)
+    values = stamp.image[outer].astype(float)
+    keep = np.ones(values.size, dtype=bool)
+    for _ in range(SKY_SLOPE_ITERATIONS):
+        plane, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+        residuals = values - design @ plane
+        spread = MAD_TO_SIGMA * np.median(np.abs(residuals[keep] - np.median(residuals[keep])))
+        # a noise-free sky has zero spread: keep what the plane fits to rounding
+        tolerance = max(SKY_SLOPE_CLIP * spread, 1e-9 * np.max(np.abs(values)))
+        keep = np.abs(residuals) <= tolerance
+        if np.count_nonzero(keep) < 3:
+            break
+    image = stamp.image - (plane[1] * dx + plane[2] * dy).astype(stamp.dtype)
+    return MaskedImage(image, stamp.mask, stamp.variance, xy0=stamp.xy0, planes=stamp.planes)
 
 
 def stamp_box(x: float, y: float, half_width: int, bounds: BBox) -> BBox:

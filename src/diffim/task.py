@@ -29,7 +29,13 @@ from .basis import (
     make_kernel_basis,
     make_regularization_matrix,
 )
-from .candidates import KernelCandidate, SpatialCellSet, candidate_rating, stamp_box
+from .candidates import (
+    KernelCandidate,
+    SpatialCellSet,
+    candidate_rating,
+    remove_sky_slope,
+    stamp_box,
+)
 from .config import ImagePsfMatchConfig
 from .convolve import convolve_masked_image
 from .errors import (
@@ -296,6 +302,11 @@ def _sanitize(masked_image: MaskedImage, name: str) -> MaskedImage:
     return clean
 
 
+#: A delta-function stamp reaches at least this many kernel half-widths h from the star, so
+#: its fit region (the stamp less h on each side) reaches 2 h: a star shifted by any kernel
+#: pixel keeps its core in the fit region (see `ImagePsfMatchTask._build_cell_set`).
+DF_STAMP_KERNEL_HALF_WIDTHS = 3
+
 #: Fewer isolated stars than this and `getSelectSources` also takes blended ones.
 MIN_ISOLATED_SOURCES = 30
 
@@ -391,11 +402,20 @@ class ImagePsfMatchTask:
         return n_basis + int(cfg.fitForBackground)
 
     def stamp_half_width(self, kernel_size: int) -> int:
-        """Half-width (pixels) of a kernel candidate's stamp for a kernel of this size."""
-        detection = self.config.kernel.active.detectionConfig
+        """Half-width (pixels) of a kernel candidate's stamp for a kernel of this size.
+
+        With a delta-function basis the stamp is at least `DF_STAMP_KERNEL_HALF_WIDTHS`
+        kernel half-widths wide on each side of the star (see `_build_cell_set`).
+        """
+        cfg = self.config.kernel.active
+        detection = cfg.detectionConfig
         if detection.scaleByFwhm:
-            return int(detection.fpGrowKernelScaling * kernel_size + 0.5)
-        return int(detection.fpGrowPix)
+            half_width = int(detection.fpGrowKernelScaling * kernel_size + 0.5)
+        else:
+            half_width = int(detection.fpGrowPix)
+        if cfg.kernelBasisSet == "delta-function":
+            half_width = max(half_width, DF_STAMP_KERNEL_HALF_WIDTHS * (kernel_size // 2))
+        return half_width
 
     def _build_cell_set(
         self,
@@ -412,6 +432,15 @@ class ImagePsfMatchTask:
         of the ``n_parameters`` unknowns of a single-kernel fit, or is as large as a full
         stamp's (a delta-function basis has more unknowns than pixels and relies on its
         regularization).
+
+        With a delta-function basis each stamp also loses the slope of its local sky
+        (`remove_sky_slope`, fitted outside half the stamp's half-width), and the stamps
+        are larger (`stamp_half_width`).  Each kernel pixel carries a copy of the template,
+        its sky included, into the model; where the fit region is barely larger than the
+        kernel, a broad pedestal in the kernel smears the star almost uniformly over it and
+        is then nearly degenerate with the constant background, and a template sky gradient
+        lets that pedestal fit a differential gradient: the kernel sum came out anywhere in
+        0.5-1.3 for a true 1.1.
         """
         cfg = self.config.kernel.active
         vet_bits = template.bitmask(list(cfg.detectionConfig.badMaskPlanes))
@@ -434,6 +463,10 @@ class ImagePsfMatchTask:
             if np.any((template_stamp.mask | science_stamp.mask) & vet_bits):
                 dropped["masked"] += 1
                 continue
+            if cfg.kernelBasisSet == "delta-function":
+                inner_radius = 0.5 * (box.width // 2)
+                template_stamp = remove_sky_slope(template_stamp, inner_radius)
+                science_stamp = remove_sky_slope(science_stamp, inner_radius)
             rating = candidate_rating(science_stamp, rating_bits, cfg.candidateCoreRadius)
             if not np.isfinite(rating):
                 dropped["no signal"] += 1
