@@ -126,8 +126,8 @@ def solve_normal_equations(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray
     ``vector`` may hold several right-hand sides as columns, shape ``(n, k)``.
 
     An LU factorisation is used when the matrix is invertible (every pivot above
-    ``n · eps · max|pivot|``); otherwise the eigen-decomposition pseudo-inverse, which
-    drops eigenvalues below ``n · eps · max|eigenvalue|`` (ip_diffim drops only exact zeros,
+    ``n · eps · max|pivot|``); otherwise the pseudo-inverse of `eigen_solve`, which drops
+    eigenvalues below ``n · eps · max|eigenvalue|`` (ip_diffim drops only exact zeros,
     which lets round-off noise into the solution).
 
     Raises
@@ -156,7 +156,8 @@ NAN_SOLUTION = "unable to determine kernel solution: the normal equations gave N
 def eigen_solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """Solve symmetric systems by their eigen-decomposition pseudo-inverse.
 
-    Eigenvalues below ``n · eps · max|eigenvalue|`` of each system are dropped.
+    Each system is first scaled to a unit diagonal; eigenvalues of the scaled matrix below
+    ``n · eps · max|eigenvalue|`` are dropped.
 
     Parameters
     ----------
@@ -173,12 +174,18 @@ def eigen_solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     matrices = np.asarray(matrices)
     single = vectors.ndim == matrices.ndim - 1
     rhs = vectors[..., None] if single else vectors
+    # Jacobi scaling (unit diagonal) keeps columns of very different norms (pixel values,
+    # the background's ones) from costing precision in the decomposition
+    diagonal = np.diagonal(matrices, axis1=-2, axis2=-1)
+    scale = 1.0 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0))
+    matrices = matrices * scale[..., :, None] * scale[..., None, :]
+    rhs = rhs * scale[..., None]
     eigenvalues, eigenvectors = np.linalg.eigh(matrices)
     magnitude = np.abs(eigenvalues)
     keep = magnitude > matrices.shape[-1] * np.finfo(float).eps * magnitude.max(-1, keepdims=True)
     inverse = np.divide(1.0, eigenvalues, out=np.zeros_like(eigenvalues), where=keep)
     projected = np.swapaxes(eigenvectors, -1, -2) @ rhs
-    solution = eigenvectors @ (projected * inverse[..., None])
+    solution = scale[..., None] * (eigenvectors @ (projected * inverse[..., None]))
     return solution[..., 0] if single else solution
 
 
