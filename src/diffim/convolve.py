@@ -266,9 +266,10 @@ def correlate_valid_pairs(images: np.ndarray, kernels: np.ndarray) -> np.ndarray
     """
     size = kernels.shape[1]
     fft_shape = tuple(scipy.fft.next_fast_len(n, real=True) for n in images.shape[1:])
-    product = np.conjugate(scipy.fft.rfft2(kernels, s=fft_shape))
-    product *= scipy.fft.rfft2(images, s=fft_shape)
-    result = scipy.fft.irfft2(product, s=fft_shape, overwrite_x=True)
+    workers = resolve_workers(None)
+    product = np.conjugate(scipy.fft.rfft2(kernels, s=fft_shape, workers=workers))
+    product *= scipy.fft.rfft2(images, s=fft_shape, workers=workers)
+    result = scipy.fft.irfft2(product, s=fft_shape, overwrite_x=True, workers=workers)
     return result[:, : images.shape[1] - size + 1, : images.shape[2] - size + 1]
 
 
@@ -298,10 +299,11 @@ def _stack_direct(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.
 
 def _stack_fft(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.ndarray:
     fft_shape = tuple(scipy.fft.next_fast_len(n, real=True) for n in stamp.shape[-2:])
+    workers = resolve_workers(None)  # batches of stamps: one transform per thread
     product = scipy.fft.rfft2(basis, s=fft_shape)
     np.conjugate(product, out=product)
-    product = product * scipy.fft.rfft2(stamp, s=fft_shape)[..., None, :, :]
-    result = scipy.fft.irfft2(product, s=fft_shape, overwrite_x=True)
+    product = product * scipy.fft.rfft2(stamp, s=fft_shape, workers=workers)[..., None, :, :]
+    result = scipy.fft.irfft2(product, s=fft_shape, overwrite_x=True, workers=workers)
     return np.ascontiguousarray(result[..., : out_shape[0], : out_shape[1]])
 
 
