@@ -253,3 +253,69 @@ def test_delta_function_kernel_sum_with_template_sky():
         4.0,
     )
     assert result.metadata["spatialKernelSum"] == pytest.approx(1.1, rel=0.01)
+
+
+def _exact_kernel_fraction_in_box(pair, x, y, size):
+    """Fraction of the exact matching kernel (science PSF / template PSF in Fourier space,
+    at (x, y)) that lies within a centred ``size`` x ``size`` box."""
+    n = 255
+    science = np.fft.ifftshift(pair.truth.science_psf.draw(x, y, size=n).array)
+    template = np.fft.ifftshift(pair.truth.template_psf.draw(x, y, size=n).array)
+    kernel = np.fft.fftshift(np.real(np.fft.ifft2(np.fft.fft2(science) / np.fft.fft2(template))))
+    half, center = size // 2, n // 2
+    box = kernel[center - half : center + half + 1, center - half : center + half + 1]
+    return box.sum() / kernel.sum()
+
+
+def test_delta_function_pca_beats_alard_lupton_on_moffat_psfs():
+    """Moffat β = 2.5 PSFs (FWHM 3.0 -> 4.2 px, varying over the field), flux ratio 1.1,
+    1024² pair; every other isolated star above 3000 e- is a kernel star.  Around the
+    held-out bright isolated stars (≥ 2·10⁴ e-) the DF+PCA kernel is closer to the truth
+    than the AL one: smaller rms of (S - K ⋆ T) / σ on the noise-free images (AL 0.60,
+    DF+PCA 0.36; 2.9 before the PCA was noise-weighted) and smaller D/σ std (1.13 vs 1.03).
+    Both meet the Engine bars around all isolated stars (|mean| <= 0.05, std <= 1.10), and
+    both kernel sums are within 0.5 % of the flux ratio times the fraction of the exact
+    matching kernel inside the 21-pixel box (98.65 %; Moffat wings hold the rest, and a
+    0.5 % bar on 1.1 itself would need a kernel of at least 35 px)."""
+    from diffim.convolve import convolve_image
+
+    data = simulate_with_model(
+        shape=(1024, 1024), seed=4, n_stars=1200, profile="moffat", moffat_beta=2.5,
+        template_fwhm=3.0, science_fwhm=4.2, flux_ratio=1.1,
+    )  # fmt: skip
+    pair = data.pair
+    kernel_stars = isolated_stars(pair.truth, min_flux=3000.0, radius=20.0)[::2]
+    positions = list(zip(kernel_stars["x_science"], kernel_stars["y_science"], strict=True))
+    center = pair.science.bbox.center
+    fwhms = (pair.template.psf.fwhm(*center), pair.science.psf.fwhm(*center))
+    representable = 1.1 * _exact_kernel_fraction_in_box(pair, *center, 21)
+    bright = isolated_stars(pair.truth, min_flux=2.0e4, radius=20.0)
+    held_out = ~np.isin(np.asarray(bright["x_science"]), np.asarray(kernel_stars["x_science"]))
+    assert held_out.sum() >= 10
+    everyone = isolated_stars(pair.truth, min_flux=500.0, radius=20.0)
+    radius = 2.0 * pair.science.psf.fwhm()
+    quality = {}
+    for name in ("AL", "DF"):
+        config = ImagePsfMatchConfig()
+        config.kernel.name = name
+        result = ImagePsfMatchTask(config).subtractMaskedImages(
+            pair.template.masked_image, pair.science.masked_image, positions, *fwhms
+        )
+        assert result.psfMatchingKernel.size == 21
+        assert result.metadata["spatialKernelSum"] == pytest.approx(representable, rel=0.005)
+        difference = result.subtractedMaskedImage
+        z, good = normalized(difference)
+        around = near(everyone["x_science"], everyone["y_science"], difference.shape, radius)
+        assert abs(z[around & good].mean()) <= 0.05
+        assert z[around & good].std() <= 1.10
+        truth = data.science_sources - convolve_image(
+            data.template_sources.astype(float), result.psfMatchingKernel
+        )
+        region = near(
+            bright["x_science"][held_out], bright["y_science"][held_out], difference.shape, radius
+        )
+        region &= good & np.isfinite(truth)
+        systematic = np.sqrt(np.mean(truth[region] ** 2 / difference.variance[region]))
+        quality[name] = (systematic, z[region].std())
+    assert quality["DF"][0] < 0.8 * quality["AL"][0]
+    assert quality["DF"][1] < quality["AL"][1]

@@ -582,7 +582,11 @@ def make_kernel_basis(
 
 
 def kernel_pca_basis(
-    kernels: ArrayLike, *, n_components: int, subtract_mean: bool = True
+    kernels: ArrayLike,
+    *,
+    n_components: int,
+    subtract_mean: bool = True,
+    noise: ArrayLike | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Return a basis of principal-component kernels and the eigenvalues.
 
@@ -594,6 +598,11 @@ def kernel_pca_basis(
         Number of basis kernels to keep, the mean kernel included.
     subtract_mean : bool
         Subtract the mean kernel before the analysis and make it the first basis kernel.
+    noise : array_like, shape (n,), optional
+        Noise rms of each kernel image, in any unit common to all (e.g. the relative
+        error of its sum); positive and finite.  The mean becomes the inverse-variance
+        weighted mean and each kernel is divided by its noise before the analysis.  None
+        (ip_diffim): equal weights.
 
     Returns
     -------
@@ -601,7 +610,8 @@ def kernel_pca_basis(
         ``[mean], e_0, e_1, ...`` renormalised with `renormalize_kernel_list` (the first
         sums to 1, the others to 0 with unit norm); ``m <= n_components``.
     eigenvalues : numpy.ndarray
-        Eigenvalues of the Gram matrix ``<I_i, I_j> / n_pixels``, descending.
+        Eigenvalues of the Gram matrix ``<I_i, I_j> / n_pixels`` (of the noise-scaled
+        kernels when ``noise`` is given), descending.
 
     Raises
     ------
@@ -614,13 +624,25 @@ def kernel_pca_basis(
     The snapshot method: the eigenvectors ``Q`` of the small Gram matrix give the
     eigen-images ``e_k = sum_j Q_jk I_j``, each divided by its pixel of largest ``|value|``.
     Eigenvalues below ``1e-12`` of the largest are round-off and give no component.
+
+    With ``noise`` the analysis is that of the whitened kernels ``(I_j - mean) / σ_j``:
+    every kernel's noise then adds the same amount to the Gram matrix, so the leading
+    components are the kernels' real differences (the PSFs' variation over the field)
+    instead of the noise of the faintest stars, which dominates an unweighted analysis
+    of delta-function kernels (their noise grows as 1 / flux).
     """
     images = np.asarray(kernels, dtype=float)
     n_images, size = images.shape[0], images.shape[1]
     flat = images.reshape(n_images, -1)
-    mean = flat.mean(axis=0)
+    if noise is None:
+        mean = flat.mean(axis=0)
+    else:
+        scale = 1.0 / np.asarray(noise, dtype=float)
+        mean = scale**2 @ flat / np.sum(scale**2)
     if subtract_mean:
         flat = flat - mean
+    if noise is not None:
+        flat = flat * scale[:, None]
     gram = flat @ flat.T / flat.shape[1]
     eigenvalues, vectors = np.linalg.eigh(gram)
     order = np.argsort(eigenvalues)[::-1]

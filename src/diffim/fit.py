@@ -309,21 +309,37 @@ def _clip_kernel_sums(
     return n_rejected, mean, std
 
 
+def _relative_kernel_noise(sums: np.ndarray, sum_errors: np.ndarray) -> np.ndarray:
+    """Noise of unit-sum kernels, for weighting the PCA: each kernel sum's relative error.
+
+    Every pixel of a candidate's kernel has noise in proportion to its sum's error (both
+    scale as ``1 / (S/N)`` of the star).  Errors that are not positive and finite get the
+    median of the others (all of them: equal weights).
+    """
+    noise = np.abs(sum_errors / sums)
+    valid = np.isfinite(noise) & (noise > 0)
+    fill = float(np.median(noise[valid])) if valid.any() else 1.0
+    return np.where(valid, noise, fill)
+
+
 def _pca_basis(
     cell_set: SpatialCellSet, settings: FitSettings, rejected: Counter
 ) -> tuple[int, np.ndarray]:
     """Build a PCA basis from the visited candidates' kernels and re-fit them with it.
 
     Returns the number of candidates the re-fit rejected and the basis (spec §3.10).
+    Unlike ip_diffim, each kernel is weighted by its noise (`_relative_kernel_noise`,
+    `kernel_pca_basis`).
     """
     visited = list(cell_set.visit(settings.n_star_per_cell))
-    kernels = np.array(
-        [c.solutions["ORIG"].kernel_image / c.solutions["ORIG"].kernel_sum for c in visited]
-    )
+    solutions = [c.solutions["ORIG"] for c in visited]
+    sums = np.array([s.kernel_sum for s in solutions])
+    kernels = np.array([s.kernel_image for s in solutions]) / sums[:, None, None]
     basis, _ = kernel_pca_basis(
         kernels,
         n_components=settings.n_principal_components,
         subtract_mean=settings.subtract_mean_for_pca,
+        noise=_relative_kernel_noise(sums, np.array([s.kernel_sum_error for s in solutions])),
     )
     n_rejected = 0
     flags = _build_candidates(visited, basis, settings, None, solution_name="PCA")
