@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from diffim.errors import DiffimValueError
-from diffim.image import DEFAULT_MASK_PLANES, BBox, Exposure, MaskedImage, MaskPlanes
+from diffim.image import DEFAULT_MASK_PLANES, BBox, Exposure, LazyWcs, MaskedImage, MaskPlanes
 
 SHAPE = (30, 40)  # (ny, nx)
 
@@ -181,6 +181,60 @@ def test_exposure_subimage_keeps_metadata():
     assert sub.bbox == BBox(5, 5, 10, 10)
     sub.metadata["A"] = 2
     assert exposure.metadata["A"] == 1
+
+
+def test_set_mask_plane_keeps_other_bits_and_accepts_indices():
+    masked = make_masked_image()
+    expected = masked.mask.copy()
+    where = np.zeros(SHAPE, dtype=bool)
+    where[::3, ::2] = True
+    masked.set_mask_plane("SAT", where)
+    expected[where] |= np.int32(1 << DEFAULT_MASK_PLANES["SAT"])
+    np.testing.assert_array_equal(masked.mask, expected)
+    indices = (np.array([0, 2]), np.array([1, 3]))  # fancy indices, not a boolean image
+    masked.set_mask_plane("CR", indices)
+    expected[indices] |= np.int32(1 << DEFAULT_MASK_PLANES["CR"])
+    np.testing.assert_array_equal(masked.mask, expected)
+
+
+class CountingWcs(LazyWcs):
+    """A LazyWcs that counts its builds; builds an object standing for a WCS."""
+
+    def __init__(self):
+        self.builds = 0
+
+    def build(self):
+        self.builds += 1
+        return {"built": self.builds}
+
+
+def test_lazy_wcs_is_built_once_on_first_access_and_shared_until_then():
+    lazy = CountingWcs()
+    exposure = Exposure(make_masked_image(), wcs=lazy)
+    assert exposure.stored_wcs is lazy
+    assert "wcs=unread" in repr(exposure)
+    copies = [exposure.copy(), exposure.with_pixels(exposure.masked_image)]
+    copies.append(exposure.subimage(BBox(1, 1, 4, 4)))
+    assert all(copy.stored_wcs is lazy for copy in copies)
+    assert lazy.builds == 0
+    built = exposure.wcs
+    assert built == {"built": 1}
+    assert exposure.wcs is built
+    assert exposure.stored_wcs is built
+    assert lazy.builds == 1
+    assert "wcs=yes" in repr(exposure)
+    copied = exposure.copy()
+    assert copied.wcs == built
+    assert copied.wcs is not built  # a built WCS is deep-copied
+    exposure.wcs = None
+    assert exposure.wcs is None
+    assert "wcs=no" in repr(exposure)
+
+
+def test_lazy_wcs_default_compares_identity_only():
+    first, second = CountingWcs(), CountingWcs()
+    assert first.same_grid(first)
+    assert not first.same_grid(second)
 
 
 # -- BBox -----------------------------------------------------------------------------------

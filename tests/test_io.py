@@ -2,6 +2,7 @@
 
 import logging
 import os
+import pickle
 
 import astropy.units as u
 import numpy as np
@@ -13,11 +14,13 @@ from astropy.wcs import WCS, Sip
 from diffim.errors import (
     DiffimIOError,
     DiffimValueError,
+    DiffimWarning,
     MaskedPixelsWarning,
     VarianceEstimatedWarning,
 )
 from diffim.image import BBox, Exposure, MaskedImage
 from diffim.io import (
+    HeaderWcs,
     atomic_write_hdulist,
     check_not_input,
     exposure_to_hdulist,
@@ -512,3 +515,166 @@ def test_integer_image_keeps_a_fractional_variance(tmp_path):
     assert result.image.dtype == np.float64
     assert result.variance.dtype == np.float64
     np.testing.assert_array_equal(result.variance, 0.25)
+
+
+# -- the WCS read from a header is built on first use -----------------------------------------
+def written_exposure(tmp_path, *, sip=False, xy0=(0, 0), name="exposure.fits"):
+    """Write an exposure with a TAN (or TAN-SIP) WCS of parent pixels; return path, WCS."""
+    masked = make_masked_image(xy0=xy0)
+    wcs = make_wcs(sip)
+    path = tmp_path / name
+    write_exposure(Exposure(masked, wcs=wcs), path)
+    return path, wcs
+
+
+def assert_same_mapping(wcs, expected, xy0=(0, 0)):
+    """Both WCSs put parent pixels at the same sky positions (1e-12 deg)."""
+    x = xy0[0] + np.array([0.0, 17.5, 49.0])
+    y = xy0[1] + np.array([0.0, 30.25, 39.0])
+    np.testing.assert_allclose(
+        wcs.pixel_to_world_values(x, y), expected.pixel_to_world_values(x, y), rtol=0, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("sip", [False, True])
+def test_plain_wcs_is_kept_as_cards_until_first_use(tmp_path, sip):
+    path, wcs = written_exposure(tmp_path, sip=sip, xy0=(7, 3))
+    exposure = read_exposure(path)
+    stored = exposure.stored_wcs
+    assert isinstance(stored, HeaderWcs)
+    assert stored.xy0 == (7, 3)
+    assert repr(exposure).count("wcs=unread") == 1
+    built = exposure.wcs  # the first read builds the astropy WCS of parent pixels ...
+    assert isinstance(built, WCS)
+    assert exposure.wcs is built  # ... once
+    assert exposure.stored_wcs is built
+    assert (built.sip is not None) == sip
+    assert_same_mapping(built, wcs, xy0=(7, 3))
+
+
+def test_unbuilt_wcs_is_written_as_the_cards_it_was_read_from(tmp_path):
+    path, wcs = written_exposure(tmp_path, sip=True, xy0=(7, 3))
+    exposure = read_exposure(path)
+    out = tmp_path / "copy.fits"
+    write_exposure(exposure.with_pixels(exposure.masked_image), out)
+    assert isinstance(exposure.stored_wcs, HeaderWcs)  # writing did not build it
+    with fits.open(path) as original, fits.open(out) as written:
+        for name in ("IMAGE", "MASK", "VARIANCE"):
+            # the same cards, in the same order, as write_exposure wrote from astropy's WCS
+            assert list(written[name].header.items()) == list(original[name].header.items())
+            assert written[name].header["LTV1"] == -7
+            # any FITS reader sees the cut-out's first pixel at parent (7, 3)
+            file_wcs = WCS(written[name].header)
+            np.testing.assert_allclose(
+                file_wcs.pixel_to_world_values(0, 0), wcs.pixel_to_world_values(7, 3), atol=1e-12
+            )
+    assert_same_mapping(read_exposure(out).wcs, wcs, xy0=(7, 3))
+
+
+def test_cutout_of_an_unbuilt_wcs_is_written_for_its_own_origin(tmp_path):
+    path, wcs = written_exposure(tmp_path, sip=True)
+    cutout = read_exposure(path).subimage(BBox(12, 9, 25, 20))
+    assert isinstance(cutout.stored_wcs, HeaderWcs)
+    out = tmp_path / "cutout.fits"
+    write_exposure(cutout, out)
+    with fits.open(out) as hdulist:
+        file_wcs = WCS(hdulist["IMAGE"].header)
+    np.testing.assert_allclose(
+        file_wcs.pixel_to_world_values(0, 0), wcs.pixel_to_world_values(12, 9), atol=1e-12
+    )
+    assert_same_mapping(read_exposure(out).wcs, wcs, xy0=(12, 9))
+
+
+def test_copies_share_an_unbuilt_wcs_and_deep_copy_a_built_one(tmp_path):
+    path, wcs = written_exposure(tmp_path)
+    exposure = read_exposure(path)
+    stored = exposure.stored_wcs
+    assert exposure.copy().stored_wcs is stored
+    assert exposure.with_pixels(exposure.masked_image).stored_wcs is stored
+    assert exposure.subimage(BBox(2, 2, 5, 5)).stored_wcs is stored
+    copy = exposure.copy()
+    assert copy.wcs is not exposure.wcs  # each exposure builds its own
+    assert isinstance(exposure.stored_wcs, WCS)
+    assert exposure.copy().stored_wcs is not exposure.wcs  # built: deep-copied, as before
+    assert_same_mapping(exposure.copy().wcs, wcs)
+
+
+def test_a_built_wcs_changed_in_place_is_written_not_the_stale_cards(tmp_path):
+    path, _ = written_exposure(tmp_path)
+    exposure = read_exposure(path)
+    exposure.wcs.wcs.crval = [151.0, 2.5]
+    out = tmp_path / "moved.fits"
+    write_exposure(exposure, out)
+    np.testing.assert_allclose(read_exposure(out).wcs.wcs.crval, [151.0, 2.5])
+
+
+def test_unbuilt_wcs_pickles(tmp_path):
+    path, wcs = written_exposure(tmp_path, sip=True)
+    exposure = pickle.loads(pickle.dumps(read_exposure(path)))
+    assert isinstance(exposure.stored_wcs, HeaderWcs)
+    assert_same_mapping(exposure.wcs, wcs)
+
+
+def test_same_grid_compares_cards_and_origin(tmp_path):
+    path, _ = written_exposure(tmp_path, xy0=(7, 3))
+    header = fits.getheader(path, "IMAGE")
+    first = HeaderWcs.from_header(header, (7, 3))
+    reordered = fits.Header(list(reversed(header.cards)))
+    assert first.same_grid(HeaderWcs.from_header(reordered, (7, 3)))
+    assert not first.same_grid(HeaderWcs.from_header(header, (7, 4)))
+    moved = header.copy()
+    moved["CRVAL1"] += 1e-9
+    assert not first.same_grid(HeaderWcs.from_header(moved, (7, 3)))
+
+
+PLAIN = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 2.0,
+         "CRPIX1": 10.0, "CRPIX2": 10.0, "CD1_1": -1e-4, "CD2_2": 1e-4}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "cards",
+    [
+        {"CTYPE1": "RA---TPV", "CTYPE2": "DEC--TPV", "PV1_1": 1.0},  # distortion parameters
+        {"PV2_1": 0.5},
+        {"CD2_2": 0.0},  # singular
+        {"CTYPE1": "RA---TAN-SIP", "CTYPE2": "DEC--TAN-SIP"},  # SIP suffix, no SIP cards
+        {"RADECSYS": "FK5"},  # obsolete: astropy fixes it
+        {"CUNIT1": "arcsec", "CUNIT2": "arcsec"},
+        {"CTYPE1": "LINEAR", "CTYPE2": "LINEAR"},
+        {"CRPIX1": "10"},
+    ],
+)
+def test_headers_that_are_not_plain_are_built_when_read(tmp_path, cards):
+    """Anything but a plain celestial WCS is built by astropy at read time, as before."""
+    header = fits.Header({**PLAIN, **cards, "GAIN": 2.0})
+    path = write_plain(tmp_path / "image.fits", np.ones(SHAPE, np.float32), header)
+    exposure = read_exposure(path, variance=np.ones(SHAPE))
+    assert not isinstance(exposure.stored_wcs, HeaderWcs)
+    assert exposure.stored_wcs is None or isinstance(exposure.stored_wcs, WCS)
+
+
+@pytest.mark.parametrize(
+    "ctypes",
+    [("RA---ZPN", "DEC--ZPN"), ("GLON-TAN", "DEC--TAN")],  # ZPN needs PV cards; mixed axes
+)
+def test_unreadable_wcs_still_warns_when_read(tmp_path, ctypes):
+    """Such headers are built (and refused) at read time, with the warning there."""
+    header = fits.Header({**PLAIN, "CTYPE1": ctypes[0], "CTYPE2": ctypes[1], "GAIN": 2.0})
+    path = write_plain(tmp_path / "image.fits", np.ones(SHAPE, np.float32), header)
+    with pytest.warns(DiffimWarning, match="unreadable WCS"):
+        exposure = read_exposure(path, variance=np.ones(SHAPE))
+    assert exposure.wcs is None
+
+
+@pytest.mark.parametrize("projection", ["TAN", "SIN", "ARC", "ZEA", "CAR", "AIT", "HPX"])
+@pytest.mark.parametrize("axes", [("RA--", "DEC-"), ("GLON", "GLAT"), ("ELON", "ELAT")])
+def test_every_deferred_header_builds_a_celestial_wcs(projection, axes):
+    """A header deferred as plain must build without warnings (nothing moves to later)."""
+    ctypes = {"CTYPE1": f"{axes[0]}-{projection}", "CTYPE2": f"{axes[1]}-{projection}"}
+    header = fits.Header({"NAXIS": 2, "NAXIS1": 50, "NAXIS2": 40, **PLAIN, **ctypes})
+    deferred = HeaderWcs.from_header(header, (0, 0))
+    assert deferred is not None
+    wcs = deferred.build()  # pytest turns any warning into an error
+    assert wcs.has_celestial
+    x, y = wcs.world_to_pixel_values(*wcs.pixel_to_world_values(3.0, 4.0))
+    assert (x, y) == (pytest.approx(3.0, abs=1e-9), pytest.approx(4.0, abs=1e-9))

@@ -9,6 +9,7 @@ import importlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import diffim
@@ -46,6 +47,37 @@ def test_star_import_gives_all_names():
     namespace = {}
     exec("from diffim import *", namespace)
     assert set(diffim.__all__) <= set(namespace)
+
+
+def test_subtracting_an_aligned_pair_on_the_command_line_never_imports_astropy_wcs(tmp_path):
+    """Both files carry the same WCS cards: the registration check compares the cards,
+    nothing builds a WCS, and the difference is written with the science cards."""
+    from diffim.simulate import simulate_pair, write_pair
+
+    pair = simulate_pair(shape=(256, 256), seed=4, n_stars=150, flux_ratio=1.1)
+    paths = write_pair(pair, tmp_path)
+    output = tmp_path / "difference.fits"
+    arguments = ["subtract", str(paths["science"]), str(paths["template"]), "-o", str(output)]
+    code = (
+        "import sys; from diffim.cli import main; "
+        f"status = main({[*arguments, '-q']!r}); "
+        "print(status, 'astropy.wcs' in sys.modules, 'astropy.coordinates' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.split() == ["0", "False", "False"]
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    with fits.open(output) as difference:
+        wcs = WCS(difference["IMAGE"].header)
+    np.testing.assert_allclose(
+        wcs.pixel_to_world_values([0.0, 255.0], [0.0, 200.0]),
+        pair.science.wcs.pixel_to_world_values([0.0, 255.0], [0.0, 200.0]),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_cli_and_reader_do_not_import_heavy_optional_modules():

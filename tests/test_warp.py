@@ -8,9 +8,11 @@ from astropy.wcs import WCS
 
 from diffim.errors import DiffimValueError, MaskedPixelsWarning, NoOverlapError
 from diffim.image import BBox, Exposure, MaskedImage
+from diffim.io import HeaderWcs, read_exposure, write_exposure
 from diffim.psf import GaussianPsf, adaptive_moments, fwhm_from_moments
 from diffim.simulate import simulate_pair
-from diffim.warp import WarpedPsf, check_overlap, warp_exposure, wcs_agree
+from diffim.task import ImagePsfMatchTask
+from diffim.warp import WarpedPsf, check_overlap, same_grid, warp_exposure, wcs_agree
 
 SHIFT = (0.3, -0.2)  # science pixel p sees template pixel p + SHIFT
 
@@ -99,6 +101,61 @@ def test_wcs_agree_missing_wcs():
     assert wcs_agree(None, None, bbox)
     assert not wcs_agree(tan_wcs(), None, bbox)
     assert not wcs_agree(None, tan_wcs(), bbox)
+
+
+def test_same_grid_needs_the_same_box_and_agreeing_wcs():
+    image = np.zeros((64, 64))
+    science = make_exposure(image, tan_wcs())
+    assert same_grid(make_exposure(image, tan_wcs()), science)
+    assert not same_grid(make_exposure(image, shifted_wcs((0.3, 0.0))), science)
+    assert not same_grid(make_exposure(image[1:], tan_wcs(), xy0=(0, 1)), science)
+    assert not same_grid(make_exposure(image, None), science)
+
+
+SCIENCE_PIXELS = np.linspace(0.0, 1.0, 64 * 64).reshape(64, 64)
+TEMPLATE_PIXELS = np.linspace(1.0, 0.0, 64 * 64).reshape(64, 64) ** 2
+
+
+def in_memory_pair(template_wcs):
+    """Science (``tan_wcs()``) and template exposures with astropy WCS objects."""
+    return (
+        make_exposure(SCIENCE_PIXELS, tan_wcs(), variance=np.ones((64, 64))),
+        make_exposure(TEMPLATE_PIXELS, template_wcs, variance=np.ones((64, 64))),
+    )
+
+
+def written_pair(tmp_path, template_wcs):
+    """The `in_memory_pair`, written to FITS files and read back."""
+    paths = [tmp_path / "science.fits", tmp_path / "template.fits"]
+    for exposure, path in zip(in_memory_pair(template_wcs), paths, strict=True):
+        write_exposure(exposure, path)
+    return [read_exposure(path) for path in paths]
+
+
+def test_identical_header_wcs_means_the_same_grid_without_building(tmp_path):
+    science, template = written_pair(tmp_path, tan_wcs())
+    assert same_grid(template, science)
+    registered = ImagePsfMatchTask().registered_template(template, science, do_warping=False)
+    assert registered is template  # no warp
+    assert isinstance(template.stored_wcs, HeaderWcs)  # neither WCS was built
+    assert isinstance(science.stored_wcs, HeaderWcs)
+
+
+def test_different_header_wcs_is_warped_as_from_the_wcs_objects(tmp_path):
+    """Headers that differ are compared (and warped) through the built astropy WCSs: the
+    result is that of the same exposures made with astropy WCS objects, before writing."""
+    task = ImagePsfMatchTask()
+    science, template = written_pair(tmp_path, shifted_wcs((0.3, -0.2)))
+    warped = task.registered_template(template, science, do_warping=True)
+    assert not isinstance(science.stored_wcs, HeaderWcs)  # built to compare
+    science_direct, template_direct = in_memory_pair(shifted_wcs((0.3, -0.2)))
+    direct = task.registered_template(template_direct, science_direct, do_warping=True)
+    assert direct is not template_direct
+    for plane in ("image", "mask", "variance"):
+        np.testing.assert_array_equal(
+            getattr(warped.masked_image, plane), getattr(direct.masked_image, plane)
+        )
+    assert wcs_agree(warped.wcs, science_direct.wcs, science.bbox, tolerance_pix=1e-9)
 
 
 def test_disjoint_images_raise_no_overlap():

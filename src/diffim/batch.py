@@ -632,7 +632,9 @@ def _stitch(science: Exposure, results: list[TileResult], psf: Any, bad: Any) ->
     metadata.update(difference_statistics(difference, bad))
     metadata["tileKernelSums"] = [round(r.metadata["spatialKernelSum"], 6) for r in results]
     metadata["nCandidates"] = sum(r.metadata["nCandidates"] for r in results)
-    return dataclasses.replace(science, masked_image=difference, psf=psf, metadata=metadata)
+    stitched = science.with_pixels(difference)  # keeps an unread WCS unread
+    stitched.psf, stitched.metadata = psf, metadata
+    return stitched
 
 
 def _reissue_warnings(results: list[TileResult]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import DiffimValueError
 
-__all__ = ["DEFAULT_MASK_PLANES", "BBox", "Exposure", "MaskPlanes", "MaskedImage"]
+__all__ = ["DEFAULT_MASK_PLANES", "BBox", "Exposure", "LazyWcs", "MaskPlanes", "MaskedImage"]
 
 #: LSST's default mask planes and their bit numbers.
 DEFAULT_MASK_PLANES: dict[str, int] = {
@@ -322,13 +322,15 @@ class MaskedImage:
             msg = f"sub-image box {bbox} is empty or not inside the image box {self.bbox}"
             raise DiffimValueError(msg)
         rows, cols = bbox.slices(self.xy0)
-        return MaskedImage(
-            self.image[rows, cols],
-            self.mask[rows, cols],
-            self.variance[rows, cols],
-            xy0=(bbox.x_min, bbox.y_min),
-            planes=self.planes,
-        )
+        # Views of planes already checked here: skip the constructor's checks (kernel-stamp
+        # loops take thousands of sub-images).
+        view = object.__new__(MaskedImage)
+        view.image = self.image[rows, cols]
+        view.mask = self.mask[rows, cols]
+        view.variance = self.variance[rows, cols]
+        view.xy0 = (int(bbox.x_min), int(bbox.y_min))
+        view.planes = self.planes
+        return view
 
     def copy(self) -> MaskedImage:
         """Return a deep copy."""
@@ -363,8 +365,11 @@ class MaskedImage:
 
     def set_mask_plane(self, name: str, where: np.ndarray) -> None:
         """Set plane ``name`` (added if new) on the pixels where ``where`` is True."""
-        bit = self.planes.add(name)
-        self.mask[where] |= np.int32(1 << bit)
+        bit = np.int32(1 << self.planes.add(name))
+        if isinstance(where, np.ndarray) and where.dtype == bool and where.shape == self.shape:
+            np.bitwise_or(self.mask, bit, out=self.mask, where=where)  # one pass, no gather
+        else:
+            self.mask[where] |= bit
 
     # -- arithmetic -----------------------------------------------------------------------
     def _check_compatible(self, other: MaskedImage) -> MaskPlanes:
@@ -432,6 +437,52 @@ class MaskedImage:
         return f"MaskedImage(shape={self.shape}, dtype={self.dtype}, xy0={self.xy0})"
 
 
+class LazyWcs:
+    """A WCS kept in a cheap form (such as the FITS cards it was read from) until first use.
+
+    `Exposure` stores one in place of its ``wcs`` and builds it when ``wcs`` is first read,
+    so that an aligned pair whose WCS cards are identical never builds a WCS (importing
+    ``astropy.wcs`` takes ~0.3 s).  Subclasses are immutable and implement `build` and
+    `same_grid`; `diffim.io.HeaderWcs` is the one made when reading FITS files.
+    """
+
+    __slots__ = ()
+
+    def build(self) -> Any:
+        """Return the WCS (an ``astropy.wcs.WCS`` of parent pixels), or None if invalid."""
+        raise NotImplementedError
+
+    def same_grid(self, other: LazyWcs) -> bool:
+        """Return True only if both certainly map every parent pixel to the same sky point.
+
+        False means "not known to be equal": the caller then compares the built WCSs.
+        """
+        return self is other
+
+
+class _WcsField:
+    """Descriptor of `Exposure.wcs`: stores a WCS, None or a `LazyWcs`; reads a built WCS.
+
+    A `LazyWcs` is built on the first read and replaced by the result; from then on the
+    exposure holds an ordinary (mutable) WCS object, as if it had been given one.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_" + name
+
+    def __get__(self, exposure: Exposure | None, owner: type | None = None) -> Any:
+        if exposure is None:
+            return None  # the dataclass default
+        value = exposure.__dict__[self._slot]
+        if isinstance(value, LazyWcs):
+            value = value.build()
+            exposure.__dict__[self._slot] = value
+        return value
+
+    def __set__(self, exposure: Exposure, value: Any) -> None:
+        exposure.__dict__[self._slot] = value
+
+
 @dataclass
 class Exposure:
     """A masked image with its world coordinates, PSF model and metadata.
@@ -440,9 +491,11 @@ class Exposure:
     ----------
     masked_image : MaskedImage
         The pixels.
-    wcs : astropy.wcs.WCS or None
+    wcs : astropy.wcs.WCS, LazyWcs or None
         World coordinate system of the *parent* pixel grid (pixel ``(0, 0)`` is parent
-        pixel ``(0, 0)``, not the cut-out's first pixel).
+        pixel ``(0, 0)``, not the cut-out's first pixel).  A `LazyWcs` (what
+        `diffim.io.read_exposure` stores) is built on first access: ``exposure.wcs`` is
+        always an ``astropy.wcs.WCS`` or None.
     psf : object or None
         A PSF model from :mod:`diffim.psf`.
     gain : float or None
@@ -458,13 +511,21 @@ class Exposure:
     """
 
     masked_image: MaskedImage
-    wcs: Any = None
+    wcs: Any = _WcsField()
     psf: Any = None
     gain: float | None = None
     saturation: float | None = None
     zero_point: float | None = None
     filter_name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stored_wcs(self) -> Any:
+        """The WCS as stored, without building it: a WCS, an unbuilt `LazyWcs`, or None.
+
+        Pass it as ``wcs=`` to give another exposure the same WCS without building it.
+        """
+        return self.__dict__["_wcs"]
 
     @property
     def bbox(self) -> BBox:
@@ -480,7 +541,7 @@ class Exposure:
         """Return an exposure whose pixels are a view of those inside ``bbox``."""
         return Exposure(
             self.masked_image.subimage(bbox),
-            wcs=self.wcs,
+            wcs=self.stored_wcs,
             psf=self.psf,
             gain=self.gain,
             saturation=self.saturation,
@@ -495,10 +556,14 @@ class Exposure:
 
     def with_pixels(self, masked_image: MaskedImage) -> Exposure:
         """Return an exposure of ``masked_image`` (not copied) with a deep copy of this one's
-        WCS and metadata and the same PSF, gain, saturation, zero point and filter."""
+        WCS and metadata and the same PSF, gain, saturation, zero point and filter.
+
+        An unbuilt `LazyWcs` is immutable: it is shared, and stays unbuilt.
+        """
+        wcs = self.stored_wcs
         return Exposure(
             masked_image,
-            wcs=copy.deepcopy(self.wcs),
+            wcs=wcs if isinstance(wcs, LazyWcs) else copy.deepcopy(wcs),
             psf=self.psf,
             gain=self.gain,
             saturation=self.saturation,
@@ -509,8 +574,9 @@ class Exposure:
 
     def __repr__(self) -> str:
         psf = type(self.psf).__name__ if self.psf is not None else None
+        wcs = self.stored_wcs
+        described = "no" if wcs is None else "unread" if isinstance(wcs, LazyWcs) else "yes"
         return (
-            f"Exposure(shape={self.shape}, xy0={self.masked_image.xy0}, "
-            f"wcs={'yes' if self.wcs is not None else 'no'}, psf={psf}, "
-            f"filter={self.filter_name!r})"
+            f"Exposure(shape={self.shape}, xy0={self.masked_image.xy0}, wcs={described}, "
+            f"psf={psf}, filter={self.filter_name!r})"
         )

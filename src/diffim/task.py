@@ -1021,7 +1021,7 @@ class ImagePsfMatchTask:
         )
         matched_exposure = Exposure(
             result.matchedImage,
-            wcs=scienceExposure.wcs,
+            wcs=scienceExposure.stored_wcs,  # a WCS still unread stays unread
             psf=None,
             gain=None,
             saturation=None,
@@ -1117,10 +1117,10 @@ class ImagePsfMatchTask:
         NoOverlapError
             If the two images do not overlap.
         """
-        from .warp import warp_exposure, wcs_agree
+        from .warp import same_grid, warp_exposure
 
         warping = self.config.kernel.active.warpingConfig
-        if template.bbox == science.bbox and wcs_agree(template.wcs, science.wcs, science.bbox):
+        if same_grid(template, science):
             return template
         if not do_warping:
             msg = (

@@ -47,10 +47,10 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import DiffimValueError, MaskedPixelsWarning, NoOverlapError
-from .image import BBox, Exposure, MaskedImage, MaskPlanes
+from .image import BBox, Exposure, LazyWcs, MaskedImage, MaskPlanes
 from .psf import PsfModel
 
-__all__ = ["WarpKernel", "WarpedPsf", "check_overlap", "warp_exposure", "wcs_agree"]
+__all__ = ["WarpKernel", "WarpedPsf", "check_overlap", "same_grid", "warp_exposure", "wcs_agree"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,32 @@ def wcs_agree(wcs_a: Any, wcs_b: Any, bbox: BBox, tolerance_pix: float = 0.01) -
     xx, yy = np.meshgrid(x, y)
     xb, yb = _transform_pixels(wcs_a, wcs_b, xx, yy)
     return bool(np.all(np.hypot(xb - xx, yb - yy) <= tolerance_pix))  # NaN: False
+
+
+def same_grid(template: Exposure, science: Exposure, tolerance_pix: float = 0.01) -> bool:
+    """Return True if two exposures have the same bbox and their WCSs agree on it.
+
+    Two WCSs not built yet (`LazyWcs`, as read from FITS files) with identical cards agree
+    without being built; otherwise they are built and compared with `wcs_agree`.
+
+    Parameters
+    ----------
+    template, science : Exposure
+        The two exposures.
+    tolerance_pix : float, optional
+        Largest allowed displacement between the two grids, pixels.
+
+    Returns
+    -------
+    bool
+        True when the template needs no warping onto the science grid.
+    """
+    if template.bbox != science.bbox:
+        return False
+    stored = (template.stored_wcs, science.stored_wcs)
+    if all(isinstance(wcs, LazyWcs) for wcs in stored) and stored[0].same_grid(stored[1]):
+        return True
+    return wcs_agree(template.wcs, science.wcs, science.bbox, tolerance_pix)
 
 
 def _perimeter(bbox: BBox, per_side: int = 9) -> tuple[np.ndarray, np.ndarray]:
