@@ -996,14 +996,12 @@ class ImagePsfMatchTask:
                 DeconvolutionWarning,
                 stacklevel=2,
             )
-        kernel_size = self.makeKernelBasisList(fwhm_convolved, fwhm_reference).kernel_size
-        candidates = self.makeCandidateList(
-            warped,
-            scienceExposure,
-            kernel_size,
-            candidateList,
-            scienceDetections=fwhm.science_detections,
-        )
+        candidates = candidateList
+        if candidates is None:  # matchMaskedImages vets their stamps (makeCandidateList's job)
+            kernel_size = self.makeKernelBasisList(fwhm_convolved, fwhm_reference).kernel_size
+            candidates = self.getSelectSources(
+                scienceExposure, kernelSize=kernel_size, detections=fwhm.science_detections
+            )
         result = self.matchMaskedImages(
             to_convolve.masked_image,
             reference.masked_image,
