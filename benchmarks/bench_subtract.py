@@ -9,7 +9,8 @@ flux ratio 1.15, ``--stars-per-mpix`` stars) is written to a temporary directory
 timed).  Then, ``--repeats`` times, alternately:
 
 * one subtraction in this process, timed stage by stage with ``time.perf_counter``: read
-  (both files), candidates (FWHM of both images + kernel-star selection + stamps), fit,
+  (both files), candidates (the science detection, FWHM of both images, kernel-star
+  selection, stamps), fit,
   convolve, subtract (difference and its statistics), write;
 * the ``diffim subtract`` command as a subprocess: its wall time and its peak resident
   memory (GNU time's ``%M``, or ``ru_maxrss`` from ``os.wait4``; see `run_measured`).
@@ -57,7 +58,7 @@ PAIR_SETTINGS: dict[str, Any] = {
     "flux_ratio": 1.15,
 }
 STAGES = ("read", "candidates", "fit", "convolve", "subtract", "write")
-CANDIDATE_PARTS = ("fwhm", "select", "stamps_vet", "stamps_cells", "other")
+CANDIDATE_PARTS = ("detect", "fwhm", "select", "stamps_cells", "other")
 
 
 # -- helpers shared with compare_hotpants.py ------------------------------------------------
@@ -209,10 +210,11 @@ def _timed(times: StageTimes, name: str, func: Callable[..., Any]) -> Callable[.
     return wrapper
 
 
-#: What `stage_timers` wraps: the Task's methods and the FWHM measurement.
+#: What `stage_timers` wraps: the Task's methods.
 TIMED_METHODS = (
+    "detect_kernel_sources",
+    "pair_fwhm",
     "getSelectSources",
-    "makeCandidateList",
     "matchExposures",
     "matchMaskedImages",
     "subtractExposures",
@@ -227,7 +229,6 @@ def stage_timers(times: StageTimes) -> Iterator[None]:
     themselves and put back on exit.
     """
     targets = [(ImagePsfMatchTask, name) for name in TIMED_METHODS]
-    targets.append((diffim.task, "exposure_fwhm"))
     originals = [(owner, name, getattr(owner, name)) for owner, name in targets]
     try:
         for owner, name, original in originals:
@@ -259,20 +260,20 @@ def subtract_in_process(science_path: Path, template_path: Path, output: Path) -
     times.add("write", time.perf_counter() - start)
 
     metadata = result.metadata
-    seconds = {name: times.seconds.get(name, 0.0) for name in (*TIMED_METHODS, "exposure_fwhm")}
+    seconds = {name: times.seconds.get(name, 0.0) for name in TIMED_METHODS}
     seconds.update(times.seconds)
-    seconds["fwhm"] = seconds["exposure_fwhm"]
+    seconds["detect"] = seconds["detect_kernel_sources"]
+    seconds["fwhm"] = seconds["pair_fwhm"] - seconds["detect_kernel_sources"]
     seconds["select"] = seconds["getSelectSources"]
-    seconds["stamps_vet"] = seconds["makeCandidateList"] - seconds["getSelectSources"]
     seconds["stamps_cells"] = metadata["time_candidates"]
     # registration checks and kernel basis: what subtract() and matchExposures() do besides
     # the wrapped calls
     seconds["other"] = (
         total
-        - seconds["exposure_fwhm"]
         - seconds["subtractExposures"]
         + seconds["matchExposures"]
-        - seconds["makeCandidateList"]
+        - seconds["pair_fwhm"]
+        - seconds["getSelectSources"]
         - seconds["matchMaskedImages"]
     )
     seconds["candidates"] = sum(seconds[part] for part in CANDIDATE_PARTS)
@@ -371,7 +372,7 @@ def print_tables(results: list[SizeResult], repeats: int) -> None:
         )
     print("\n## Candidates stage, broken down (best, seconds)\n")
     print(
-        "| size | FWHM of both images | kernel-star selection | stamps: makeCandidateList "
+        "| size | science detection (sep) | FWHM fits of both images | kernel-star selection "
         "| stamps: cell set in matchMaskedImages | registration checks + basis |"
     )
     print("|---:|---:|---:|---:|---:|---:|")
