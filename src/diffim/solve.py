@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import scipy.linalg
 
+from ._delta_normal import delta_function_normal_equations, delta_function_shifts
 from .candidates import KernelCandidate, KernelSolution
 from .convolve import correlate_valid_pairs, correlate_valid_stack
 from .errors import KernelSolutionError
@@ -267,6 +268,64 @@ def _solve_batch(
     return solved[:, :, 0], np.sqrt(np.maximum(sum_variance, 0.0))
 
 
+def _batch_weights(
+    batch: Sequence[KernelCandidate],
+    variances: Sequence[np.ndarray | None],
+    constant_variance_weighting: bool,
+    half_width: int,
+    results: list,
+    indices: Sequence[int],
+) -> np.ndarray:
+    """Return a batch's weights: ``(n,)`` if each candidate has one, else ``(n, n_pix)``.
+
+    A candidate whose variance cannot be weighted gets weight 0 and its error in ``results``.
+    """
+    scalar = constant_variance_weighting and all(v is None for v in variances)
+    weights: list[np.ndarray | float] = []
+    for index, candidate, variance in zip(indices, batch, variances, strict=True):
+        if variance is not None:
+            weights.append(1.0 / variance.ravel())
+            continue
+        try:
+            weight = _weights(candidate, constant_variance_weighting)
+        except KernelSolutionError as error:
+            results[index], weight = error, 0.0
+        weights.append(weight if np.isscalar(weight) else _crop(weight, half_width).ravel())
+    if scalar:
+        return np.asarray(weights, dtype=float)
+    n_pix = (batch[0].template.image.shape[0] - 2 * half_width) * (
+        batch[0].template.image.shape[1] - 2 * half_width
+    )
+    return np.stack([np.broadcast_to(w, n_pix) for w in weights]).astype(float)
+
+
+def _dense_normal_equations(
+    templates: np.ndarray,
+    data: np.ndarray,
+    basis: np.ndarray,
+    weights: np.ndarray,
+    *,
+    fit_background: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``M = Cᵀ W C`` and ``b = Cᵀ W d`` from the design columns ``C = T ⋆ B``.
+
+    ``weights`` is ``(n,)`` (one per candidate) or ``(n, n_pix)``.
+    """
+    n, n_basis = len(templates), basis.shape[0]
+    design = correlate_valid_stack(templates, basis)  # (n, n_basis, ny, nx)
+    columns = design.reshape(n, n_basis, -1).transpose(0, 2, 1)
+    if fit_background:
+        ones = np.ones((*columns.shape[:2], 1), dtype=columns.dtype)
+        columns = np.concatenate([columns, ones], axis=2)
+    pixel_weights = np.broadcast_to(
+        weights[:, None] if weights.ndim == 1 else weights, columns.shape[:2]
+    )
+    weighted = columns * pixel_weights[:, :, None]
+    matrices = np.swapaxes(weighted, 1, 2) @ columns
+    vectors = np.einsum("npq,np->nq", weighted, data.reshape(n, -1))
+    return matrices, vectors
+
+
 def build_single_kernels(
     candidates: Sequence[KernelCandidate],
     basis: np.ndarray,
@@ -282,7 +341,11 @@ def build_single_kernels(
 
     Candidates with stamps of the same shape are fitted together: their stamps are
     correlated with the basis in one batched call and their normal equations built by one
-    batched matrix product, which is what makes hundreds of candidates cheap.
+    batched matrix product, which is what makes hundreds of candidates cheap.  A
+    delta-function basis with one weight per candidate (``constant_variance_weighting`` and
+    no ``variances``) skips the design columns: its normal matrix is summed from products of
+    pairs of template rows (`delta_function_normal_equations`), equal to rounding and about
+    3x faster for 21² kernels.
 
     Parameters
     ----------
@@ -314,31 +377,25 @@ def build_single_kernels(
     half_width = basis.shape[1] // 2
     n_basis = basis.shape[0]
     basis_sums = basis.sum(axis=(1, 2))
+    shifts = delta_function_shifts(basis)
     results: list[KernelSolution | KernelSolutionError | None] = [None] * len(candidates)
     for indices in _batches(candidates, n_basis + 1):
         batch = [candidates[i] for i in indices]
         templates = np.stack([c.template.image for c in batch])
-        design = correlate_valid_stack(templates, basis)  # (n, n_basis, ny, nx)
-        columns = design.reshape(len(batch), n_basis, -1).transpose(0, 2, 1)
-        if fit_background:
-            ones = np.ones((*columns.shape[:2], 1), dtype=columns.dtype)
-            columns = np.concatenate([columns, ones], axis=2)
-        data = _crop(np.stack([c.science.image for c in batch]), half_width)
-        data = data.reshape(len(batch), -1).astype(float)
-        weights = np.empty(data.shape)
-        for row, (index, candidate) in enumerate(zip(indices, batch, strict=True)):
-            variance = None if variances is None else variances[index]
-            if variance is not None:
-                weights[row] = 1.0 / variance.ravel()
-                continue
-            try:
-                weight = _weights(candidate, constant_variance_weighting)
-            except KernelSolutionError as error:
-                results[index], weight = error, 0.0
-            weights[row] = weight if np.isscalar(weight) else _crop(weight, half_width).ravel()
-        weighted = columns * weights[:, :, None]
-        matrices = np.swapaxes(weighted, 1, 2) @ columns
-        vectors = np.einsum("npq,np->nq", weighted, data)
+        data = _crop(np.stack([c.science.image for c in batch]), half_width).astype(float)
+        batch_variances = [None if variances is None else variances[i] for i in indices]
+        weights = _batch_weights(
+            batch, batch_variances, constant_variance_weighting, half_width, results, indices
+        )
+        if shifts is not None and weights.ndim == 1:
+            matrices, vectors = delta_function_normal_equations(
+                templates, data, shifts, weights,
+                size=basis.shape[1], fit_background=fit_background,
+            )  # fmt: skip
+        else:
+            matrices, vectors = _dense_normal_equations(
+                templates, data, basis, weights, fit_background=fit_background
+            )
         solutions, sum_errors = _solve_batch(matrices, vectors, basis_sums, regularization)
         for row, index in enumerate(indices):
             if results[index] is not None:
