@@ -514,3 +514,27 @@ def test_delta_function_fast_path_equals_the_dense_path(fit_background):
         )
         assert f.background == pytest.approx(d.background, abs=bound * abs(d.background) + 1e-12)
         assert f.kernel_sum_error == pytest.approx(d.kernel_sum_error, rel=bound)
+
+
+@pytest.mark.parametrize(("kernel_terms", "background_terms"), [(6, 3), (3, 6), (6, None)])
+def test_spatial_normal_matrix_equals_its_definition(kernel_terms, background_terms):
+    """The spatial system built by one matrix product over candidates is
+    ``Σ_c M_c[i, j] Q_c[i, a] Q_c[j, b]`` to rounding, with or without a background row
+    (with fewer or more spatial terms than the kernel rows)."""
+    from diffim.solve import _spatial_normal_matrix
+
+    rng = np.random.default_rng(11)
+    n_candidates, n_basis = 15, 10
+    n_rows = n_basis + (background_terms is not None)
+    n_terms = max(kernel_terms, background_terms or 0)
+    factors = rng.normal(size=(n_candidates, n_rows, n_rows))
+    matrices = factors @ factors.transpose(0, 2, 1)
+    terms = np.zeros((n_candidates, n_rows, n_terms))
+    terms[:, :n_basis, :kernel_terms] = rng.normal(size=(n_candidates, 1, kernel_terms))
+    if background_terms is not None:
+        terms[:, n_basis, :background_terms] = rng.normal(size=(n_candidates, background_terms))
+    expected = np.einsum("cij,cia,cjb->iajb", matrices, terms, terms)
+    np.testing.assert_allclose(
+        _spatial_normal_matrix(matrices, terms, n_basis),
+        expected, rtol=0, atol=1e-14 * abs(expected).max(),
+    )  # fmt: skip
