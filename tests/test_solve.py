@@ -436,3 +436,105 @@ def test_risk_lambda_on_noisy_moffat_stamps(lambda_type):
             candidate, smooth.kernel_image, smooth.background, bad_mask_bits=0
         )
         assert std == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("fit_background", [True, False])
+def test_delta_function_normal_equations_equal_the_design_product(fit_background):
+    """The shifted-product normal equations of a delta-function basis are the dense
+    ``Cᵀ W C`` and ``Cᵀ W d`` to rounding (2e-14 of the largest entry), also for a basis in another
+    order, with a missing pixel and with values other than 1, on random stamps of two
+    candidates with different weights."""
+    from diffim._delta_normal import delta_function_normal_equations, delta_function_shifts
+    from diffim.basis import make_delta_function_basis
+    from diffim.solve import _dense_normal_equations
+
+    rng = np.random.default_rng(5)
+    templates = rng.normal(100.0, 30.0, (2, 25, 29))
+    data = rng.normal(50.0, 10.0, (2, 25 - 6, 29 - 6))
+    weights = np.array([0.3, 2.5])
+    basis = make_delta_function_basis(7, 7)
+    shuffled = basis[rng.permutation(len(basis))[:-1]] * rng.uniform(0.5, 2.0, (48, 1, 1))
+    for kernels in (basis, shuffled):
+        dense = _dense_normal_equations(
+            templates, data, kernels, weights, fit_background=fit_background
+        )
+        fast = delta_function_normal_equations(
+            templates, data, delta_function_shifts(kernels), weights,
+            size=7, fit_background=fit_background,
+        )  # fmt: skip
+        for expected, actual in zip(dense, fast, strict=True):
+            np.testing.assert_allclose(actual, expected, rtol=0, atol=2e-14 * abs(expected).max())
+
+
+def test_delta_function_shifts_only_for_delta_functions():
+    from diffim._delta_normal import delta_function_shifts
+    from diffim.basis import make_delta_function_basis
+
+    index, value = delta_function_shifts(make_delta_function_basis(3, 3))
+    np.testing.assert_array_equal(index, np.arange(9))
+    np.testing.assert_array_equal(value, np.ones(9))
+    assert delta_function_shifts(basis_with_sigma(2.0)) is None
+
+
+@pytest.mark.parametrize("fit_background", [True, False])
+def test_delta_function_fast_path_equals_the_dense_path(fit_background):
+    """A delta-function fit with one weight per candidate (the fast path) gives the same
+    normal equations, to rounding (2e-14 of their largest entry), as the dense path, which
+    the same weight given per pixel forces; so its kernel, background and kernel-sum error
+    agree within the rounding bound ``κ · 2e-14`` of the Jacobi-scaled condition number κ
+    (1e9 for the noise-free Moffat stamp, 2e5 for the noisy Gaussian one)."""
+    from diffim.basis import make_delta_function_basis
+    from diffim.solve import build_single_kernels
+
+    candidate, _ = moffat_candidate()
+    noisy, _ = make_candidate(2.0, 1.2, 15.0, noise_sigma=5.0, seed=3)
+    basis = make_delta_function_basis(21, 21)
+    candidates = [candidate, noisy]
+    fast = build_single_kernels(candidates, basis, fit_background=fit_background)
+    fit_shape = (STAMP - 2 * KERNEL_HALF_WIDTH,) * 2
+    # the constant weighting's variance, given per pixel
+    medians = [np.median(c.science.variance + c.template.variance) for c in candidates]
+    dense = build_single_kernels(
+        candidates, basis, fit_background=fit_background,
+        variances=[np.full(fit_shape, m) for m in medians],
+    )  # fmt: skip
+    rounding = 2e-14
+    for f, d in zip(fast, dense, strict=True):
+        matrix, vector = d.normal_matrix, d.normal_vector
+        np.testing.assert_allclose(
+            f.normal_matrix, matrix, rtol=0, atol=rounding * abs(matrix).max()
+        )
+        np.testing.assert_allclose(
+            f.normal_vector, vector, rtol=0, atol=rounding * abs(vector).max()
+        )
+        scale = 1.0 / np.sqrt(np.diag(matrix))
+        bound = np.linalg.cond(matrix * np.outer(scale, scale)) * rounding
+        np.testing.assert_allclose(
+            f.kernel_image, d.kernel_image, rtol=0, atol=bound * abs(d.kernel_image).max()
+        )
+        assert f.background == pytest.approx(d.background, abs=bound * abs(d.background) + 1e-12)
+        assert f.kernel_sum_error == pytest.approx(d.kernel_sum_error, rel=bound)
+
+
+@pytest.mark.parametrize(("kernel_terms", "background_terms"), [(6, 3), (3, 6), (6, None)])
+def test_spatial_normal_matrix_equals_its_definition(kernel_terms, background_terms):
+    """The spatial system built by one matrix product over candidates is
+    ``Σ_c M_c[i, j] Q_c[i, a] Q_c[j, b]`` to rounding, with or without a background row
+    (with fewer or more spatial terms than the kernel rows)."""
+    from diffim.solve import _spatial_normal_matrix
+
+    rng = np.random.default_rng(11)
+    n_candidates, n_basis = 15, 10
+    n_rows = n_basis + (background_terms is not None)
+    n_terms = max(kernel_terms, background_terms or 0)
+    factors = rng.normal(size=(n_candidates, n_rows, n_rows))
+    matrices = factors @ factors.transpose(0, 2, 1)
+    terms = np.zeros((n_candidates, n_rows, n_terms))
+    terms[:, :n_basis, :kernel_terms] = rng.normal(size=(n_candidates, 1, kernel_terms))
+    if background_terms is not None:
+        terms[:, n_basis, :background_terms] = rng.normal(size=(n_candidates, background_terms))
+    expected = np.einsum("cij,cia,cjb->iajb", matrices, terms, terms)
+    np.testing.assert_allclose(
+        _spatial_normal_matrix(matrices, terms, n_basis),
+        expected, rtol=0, atol=1e-14 * abs(expected).max(),
+    )  # fmt: skip

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import scipy.linalg
 
+from ._delta_normal import delta_function_normal_equations, delta_function_shifts
 from .candidates import KernelCandidate, KernelSolution
 from .convolve import correlate_valid_pairs, correlate_valid_stack
 from .errors import KernelSolutionError
@@ -267,6 +268,64 @@ def _solve_batch(
     return solved[:, :, 0], np.sqrt(np.maximum(sum_variance, 0.0))
 
 
+def _batch_weights(
+    batch: Sequence[KernelCandidate],
+    variances: Sequence[np.ndarray | None],
+    constant_variance_weighting: bool,
+    half_width: int,
+    results: list,
+    indices: Sequence[int],
+) -> np.ndarray:
+    """Return a batch's weights: ``(n,)`` if each candidate has one, else ``(n, n_pix)``.
+
+    A candidate whose variance cannot be weighted gets weight 0 and its error in ``results``.
+    """
+    scalar = constant_variance_weighting and all(v is None for v in variances)
+    weights: list[np.ndarray | float] = []
+    for index, candidate, variance in zip(indices, batch, variances, strict=True):
+        if variance is not None:
+            weights.append(1.0 / variance.ravel())
+            continue
+        try:
+            weight = _weights(candidate, constant_variance_weighting)
+        except KernelSolutionError as error:
+            results[index], weight = error, 0.0
+        weights.append(weight if np.isscalar(weight) else _crop(weight, half_width).ravel())
+    if scalar:
+        return np.asarray(weights, dtype=float)
+    n_pix = (batch[0].template.image.shape[0] - 2 * half_width) * (
+        batch[0].template.image.shape[1] - 2 * half_width
+    )
+    return np.stack([np.broadcast_to(w, n_pix) for w in weights]).astype(float)
+
+
+def _dense_normal_equations(
+    templates: np.ndarray,
+    data: np.ndarray,
+    basis: np.ndarray,
+    weights: np.ndarray,
+    *,
+    fit_background: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``M = Cᵀ W C`` and ``b = Cᵀ W d`` from the design columns ``C = T ⋆ B``.
+
+    ``weights`` is ``(n,)`` (one per candidate) or ``(n, n_pix)``.
+    """
+    n, n_basis = len(templates), basis.shape[0]
+    design = correlate_valid_stack(templates, basis)  # (n, n_basis, ny, nx)
+    columns = design.reshape(n, n_basis, -1).transpose(0, 2, 1)
+    if fit_background:
+        ones = np.ones((*columns.shape[:2], 1), dtype=columns.dtype)
+        columns = np.concatenate([columns, ones], axis=2)
+    pixel_weights = np.broadcast_to(
+        weights[:, None] if weights.ndim == 1 else weights, columns.shape[:2]
+    )
+    weighted = columns * pixel_weights[:, :, None]
+    matrices = np.swapaxes(weighted, 1, 2) @ columns
+    vectors = np.einsum("npq,np->nq", weighted, data.reshape(n, -1))
+    return matrices, vectors
+
+
 def build_single_kernels(
     candidates: Sequence[KernelCandidate],
     basis: np.ndarray,
@@ -282,7 +341,11 @@ def build_single_kernels(
 
     Candidates with stamps of the same shape are fitted together: their stamps are
     correlated with the basis in one batched call and their normal equations built by one
-    batched matrix product, which is what makes hundreds of candidates cheap.
+    batched matrix product, which is what makes hundreds of candidates cheap.  A
+    delta-function basis with one weight per candidate (``constant_variance_weighting`` and
+    no ``variances``) skips the design columns: its normal matrix is summed from products of
+    pairs of template rows (`delta_function_normal_equations`), equal to rounding and about
+    3x faster for 21² kernels.
 
     Parameters
     ----------
@@ -314,31 +377,25 @@ def build_single_kernels(
     half_width = basis.shape[1] // 2
     n_basis = basis.shape[0]
     basis_sums = basis.sum(axis=(1, 2))
+    shifts = delta_function_shifts(basis)
     results: list[KernelSolution | KernelSolutionError | None] = [None] * len(candidates)
     for indices in _batches(candidates, n_basis + 1):
         batch = [candidates[i] for i in indices]
         templates = np.stack([c.template.image for c in batch])
-        design = correlate_valid_stack(templates, basis)  # (n, n_basis, ny, nx)
-        columns = design.reshape(len(batch), n_basis, -1).transpose(0, 2, 1)
-        if fit_background:
-            ones = np.ones((*columns.shape[:2], 1), dtype=columns.dtype)
-            columns = np.concatenate([columns, ones], axis=2)
-        data = _crop(np.stack([c.science.image for c in batch]), half_width)
-        data = data.reshape(len(batch), -1).astype(float)
-        weights = np.empty(data.shape)
-        for row, (index, candidate) in enumerate(zip(indices, batch, strict=True)):
-            variance = None if variances is None else variances[index]
-            if variance is not None:
-                weights[row] = 1.0 / variance.ravel()
-                continue
-            try:
-                weight = _weights(candidate, constant_variance_weighting)
-            except KernelSolutionError as error:
-                results[index], weight = error, 0.0
-            weights[row] = weight if np.isscalar(weight) else _crop(weight, half_width).ravel()
-        weighted = columns * weights[:, :, None]
-        matrices = np.swapaxes(weighted, 1, 2) @ columns
-        vectors = np.einsum("npq,np->nq", weighted, data)
+        data = _crop(np.stack([c.science.image for c in batch]), half_width).astype(float)
+        batch_variances = [None if variances is None else variances[i] for i in indices]
+        weights = _batch_weights(
+            batch, batch_variances, constant_variance_weighting, half_width, results, indices
+        )
+        if shifts is not None and weights.ndim == 1:
+            matrices, vectors = delta_function_normal_equations(
+                templates, data, shifts, weights,
+                size=basis.shape[1], fit_background=fit_background,
+            )  # fmt: skip
+        else:
+            matrices, vectors = _dense_normal_equations(
+                templates, data, basis, weights, fit_background=fit_background
+            )
         solutions, sum_errors = _solve_batch(matrices, vectors, basis_sums, regularization)
         for row, index in enumerate(indices):
             if results[index] is not None:
@@ -577,6 +634,33 @@ def _term_matrix(
     return terms
 
 
+def _spatial_normal_matrix(matrices: np.ndarray, terms: np.ndarray, n_basis: int) -> np.ndarray:
+    """Return ``Σ_c M_c[i, j] Q_c[i, a] Q_c[j, b]`` over candidates: the system for θ[i, a].
+
+    ``matrices`` is ``(n_candidates, n_rows, n_rows)`` and ``terms`` the `_term_matrix`
+    ``Q``, ``(n_candidates, n_rows, n_terms)``.  The kernel rows ``i < n_basis`` share one
+    term vector, so all their blocks come from one matrix product over the candidates,
+    ``(Q_c[0, a] Q_c[0, b])ᵀ @ M_c``; the background row and column, if any, are then
+    overwritten with their own terms.  (One einsum over all four indices builds a
+    ``(n_candidates, n_rows, n_rows, n_terms)`` intermediate: 0.9 GB and seconds for 100
+    delta-function candidates.)
+    """
+    n_candidates, n_rows, n_terms = terms.shape
+    kernel_terms = terms[:, 0]
+    pairs = (kernel_terms[:, :, None] * kernel_terms[:, None, :]).reshape(n_candidates, -1)
+    full = pairs.T @ matrices.reshape(n_candidates, -1)
+    full = full.reshape(n_terms, n_terms, n_rows, n_rows).transpose(2, 0, 3, 1).copy()
+    if n_rows > n_basis:
+        background = slice(n_basis, n_rows)
+        full[background] = np.einsum(
+            "cij,cia,cjb->iajb", matrices[:, background], terms[:, background], terms
+        )
+        full[:, :, background] = np.einsum(
+            "cij,cia,cjb->iajb", matrices[:, :, background], terms, terms[:, background]
+        )
+    return full
+
+
 def solve_spatial_kernel(
     candidates: Sequence[KernelCandidate],
     basis: np.ndarray,
@@ -623,8 +707,7 @@ def solve_spatial_kernel(
     matrices = np.stack([c.recent.normal_matrix for c in candidates])
     vectors = np.stack([c.recent.normal_vector for c in candidates])
     n_rows, n_terms = terms.shape[1:]
-    # Σ_c M_c[i, j] Q_c[i, a] Q_c[j, b] over candidates: the system for θ[i, a]
-    full_matrix = np.einsum("cij,cia,cjb->iajb", matrices, terms, terms, optimize=True)
+    full_matrix = _spatial_normal_matrix(matrices, terms, n_basis)
     full_vector = np.einsum("ci,cia->ia", vectors, terms)
     n_kt = kernel_function.n_terms
     free = np.zeros((n_rows, n_terms), dtype=bool)
