@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from astropy.io import fits
 
+from .allocator import keep_freed_memory
 from .config import ImagePsfMatchConfig
 from .errors import DiffimValueError
 from .image import BBox, Exposure, MaskedImage
@@ -199,6 +200,7 @@ def subtract_pair(
         `SUMMARY_COLUMNS` but ``index``: status ``"ok"`` or ``"failed"``, error as
         ``"Type: message"``, runtime in seconds, QA numbers, and the warnings issued.
     """
+    keep_freed_memory()  # this runs in a worker process of our own
     row: dict[str, Any] = {"science": science, "template": template, "output": output}
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
