@@ -9,6 +9,7 @@ from diffim.config import ImagePsfMatchConfig
 from diffim.errors import (
     DiffimValueError,
     InsufficientKernelSourcesError,
+    KernelSolutionError,
     PoorlyConstrainedWarning,
 )
 from diffim.image import MaskedImage
@@ -319,3 +320,26 @@ def test_delta_function_pca_beats_alard_lupton_on_moffat_psfs():
         quality[name] = (systematic, z[region].std())
     assert quality["DF"][0] < 0.8 * quality["AL"][0]
     assert quality["DF"][1] < quality["AL"][1]
+
+
+def test_a_negative_flux_ratio_is_refused_not_written():
+    """A template whose stars have the opposite sign (two images that do not show the same
+    sky) gives a consistent but negative kernel sum: the subtraction raises, naming the
+    flux ratio, instead of returning a meaningless difference."""
+    pair = simulate_pair(
+        shape=(384, 384), seed=3, n_stars=250, flux_min=1e4, flux_max=2e5, n_transients=0,
+        n_variables=0, n_galaxies=0, n_cosmic_rays=0, n_bad_columns=0,
+    )  # fmt: skip
+    template = pair.template.masked_image
+    flipped = MaskedImage(
+        -template.image, template.mask.copy(), template.variance.copy(), planes=template.planes
+    )
+    stars = isolated_stars(pair.truth, min_flux=1e4, radius=15.0)
+    assert len(stars) > 13  # enough for the default spatial orders: no order lowering
+    positions = list(zip(stars["x_science"], stars["y_science"], strict=True))
+    task = ImagePsfMatchTask(ImagePsfMatchConfig())
+    with pytest.raises(KernelSolutionError, match="flux ratio must be positive"):
+        task.subtractMaskedImages(
+            flipped, pair.science.masked_image, positions,
+            pair.truth.parameters.template_fwhm, pair.truth.parameters.science_fwhm,
+        )  # fmt: skip

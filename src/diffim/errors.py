@@ -10,7 +10,8 @@ Which class to use when:
 ``NotRegisteredError``             images on different grids while warping is forbidden
 ``InsufficientKernelSourcesError`` too few stars to even start fitting a kernel
 ``NoKernelCandidatesError``        the fitting stages rejected every kernel candidate
-``KernelSolutionError``            a linear system that cannot be solved (NaN, singular, ...)
+``KernelSolutionError``            a linear system that cannot be solved (NaN, singular, ...),
+                                   or a fitted kernel whose sum (flux ratio) is not positive
 =================================  ==========================================================
 
 Every error with extra fields passes them to ``Exception.__init__`` so that it pickles
@@ -62,7 +63,7 @@ class NotRegisteredError(DiffimValueError):
 
 
 class KernelSolutionError(DiffimError):
-    """A kernel's normal equations could not be solved."""
+    """A kernel's normal equations could not be solved, or its solution is unphysical."""
 
 
 class InsufficientKernelSourcesError(DiffimError):

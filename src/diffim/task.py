@@ -42,6 +42,7 @@ from .errors import (
     DeconvolutionWarning,
     DiffimValueError,
     InsufficientKernelSourcesError,
+    KernelSolutionError,
     MaskedPixelsWarning,
     NotRegisteredError,
     PoorlyConstrainedWarning,
@@ -53,7 +54,7 @@ from .fit import (
     fit_spatial_kernel,
     select_basis_by_bic,
 )
-from .image import Exposure, MaskedImage
+from .image import BBox, Exposure, MaskedImage
 from .solve import Regularization
 from .sources import (
     CROWDING_TESTS,
@@ -241,6 +242,18 @@ class PairFwhm:
     template_fwhm_pix: float
     science_fwhm_pix: float
     science_detections: Table | None = None
+
+
+def _kernel_sums_on_grid(kernel: SpatialKernel, bbox: BBox) -> np.ndarray:
+    """Return the kernel's sum on a `KERNEL_SUM_GRID` x `KERNEL_SUM_GRID` grid over ``bbox``."""
+    grid_x = np.linspace(bbox.x_min, bbox.x_max, KERNEL_SUM_GRID)
+    grid_y = np.linspace(bbox.y_min, bbox.y_max, KERNEL_SUM_GRID)
+    basis_sums = kernel.basis.sum(axis=(1, 2))
+    return np.tensordot(
+        basis_sums @ kernel.coefficients,
+        kernel.function.terms(*np.meshgrid(grid_x, grid_y)),
+        axes=1,
+    )
 
 
 def _extended(result: MatchResult, cls: type, **fields: Any) -> Any:
@@ -573,9 +586,26 @@ class ImagePsfMatchTask:
             max_condition_number=cfg.maxConditionNumber,
         )
 
-    def _diagnose(self, fit: FitResult, settings: FitSettings) -> None:
-        """Warn when the spatial system is ill-conditioned or has too few good candidates
-        (spec §3.11)."""
+    def _diagnose(self, fit: FitResult, settings: FitSettings, bbox: BBox) -> None:
+        """Refuse a kernel whose sum (the flux ratio) is not positive everywhere; warn when
+        the spatial system is ill-conditioned or has too few good candidates (spec §3.11).
+
+        Raises
+        ------
+        KernelSolutionError
+            If the spatial kernel's sum is zero or negative somewhere on the image: the
+            two images cannot show the same stars (different fields, a wrong WCS).
+        """
+        sums = _kernel_sums_on_grid(fit.solution.kernel, bbox)
+        if not np.all(sums > 0):
+            msg = (
+                f"the fitted PSF-matching kernel has a sum (flux ratio) of {sums.min():.3g} to "
+                f"{sums.max():.3g} over the image, from {fit.n_good} good of "
+                f"{sum(fit.rejected.values()) + fit.n_good} fitted candidates: a flux ratio must "
+                "be positive, so the two images do not show the same stars; check that they "
+                "cover the same field (their WCS) in the same band, or pass a candidateList"
+            )
+            raise KernelSolutionError(msg)
         condition = fit.solution.condition_number
         limit = self.config.kernel.active.maxSpatialConditionNumber
         if not 0 < condition <= limit:
@@ -612,14 +642,7 @@ class ImagePsfMatchTask:
         kernel = fit.solution.kernel
         bbox = cell_set.bbox
         x_center, y_center = bbox.center
-        grid_x = np.linspace(bbox.x_min, bbox.x_max, KERNEL_SUM_GRID)
-        grid_y = np.linspace(bbox.y_min, bbox.y_max, KERNEL_SUM_GRID)
-        basis_sums = kernel.basis.sum(axis=(1, 2))
-        sums = np.tensordot(
-            basis_sums @ kernel.coefficients,
-            kernel.function.terms(*np.meshgrid(grid_x, grid_y)),
-            axes=1,
-        )
+        sums = _kernel_sums_on_grid(kernel, bbox)
         status = cell_set.status_counts()
         metadata: dict[str, Any] = {
             "diffimVersion": __version__,
@@ -716,7 +739,7 @@ class ImagePsfMatchTask:
         timings = {"candidates": time.perf_counter() - started}
         settings = self._fit_settings(science, len(cell_set))
         fit = fit_spatial_kernel(cell_set, basis.kernels, settings, self._regularization())
-        self._diagnose(fit, settings)
+        self._diagnose(fit, settings, cell_set.bbox)
         timings["fit"] = time.perf_counter() - started - timings["candidates"]
         convolve_start = time.perf_counter()
         matched = convolve_masked_image(template, fit.solution.kernel)
