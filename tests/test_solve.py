@@ -444,8 +444,9 @@ def test_delta_function_normal_equations_equal_the_design_product(fit_background
     ``Cᵀ W C`` and ``Cᵀ W d`` to rounding (2e-14 of the largest entry), also for a basis in another
     order, with a missing pixel and with values other than 1, on random stamps of two
     candidates with different weights."""
-    from diffim._delta_normal import delta_function_normal_equations, delta_function_shifts
+    from diffim._delta_normal import delta_function_normal_equations
     from diffim.basis import make_delta_function_basis
+    from diffim.convolve import delta_function_shifts
     from diffim.solve import _dense_normal_equations
 
     rng = np.random.default_rng(5)
@@ -467,8 +468,8 @@ def test_delta_function_normal_equations_equal_the_design_product(fit_background
 
 
 def test_delta_function_shifts_only_for_delta_functions():
-    from diffim._delta_normal import delta_function_shifts
     from diffim.basis import make_delta_function_basis
+    from diffim.convolve import delta_function_shifts
 
     index, value = delta_function_shifts(make_delta_function_basis(3, 3))
     np.testing.assert_array_equal(index, np.arange(9))

@@ -21,28 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["delta_function_normal_equations", "delta_function_shifts"]
-
-
-def delta_function_shifts(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Return each kernel's flat pixel index and value, or None unless all are delta functions.
-
-    Parameters
-    ----------
-    basis : numpy.ndarray, shape (n_basis, size, size)
-        Basis kernels.
-
-    Returns
-    -------
-    (numpy.ndarray, numpy.ndarray) or None
-        ``index`` (int, ``dy · size + dx`` of kernel ``k``'s one non-zero pixel) and its
-        ``value``; None if some kernel has more or fewer than one non-zero pixel.
-    """
-    flat = basis.reshape(basis.shape[0], -1)
-    if not np.all(np.count_nonzero(flat, axis=1) == 1):
-        return None
-    index = np.argmax(flat != 0, axis=1)
-    return index, flat[np.arange(len(flat)), index]
+__all__ = ["delta_function_normal_equations"]
 
 
 def _window_sums(n_rows: int, n_starts: int, length: int) -> np.ndarray:
@@ -92,7 +71,7 @@ def delta_function_normal_equations(
     data : numpy.ndarray, shape (n, H - size + 1, W - size + 1)
         Science pixels of each fit region.
     shifts : (numpy.ndarray, numpy.ndarray)
-        The basis' pixel indices and values, from `delta_function_shifts`.
+        The basis' pixel indices and values, from `convolve.delta_function_shifts`.
     weights : numpy.ndarray, shape (n,)
         One inverse-variance weight per candidate.
     size : int

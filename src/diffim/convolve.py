@@ -41,6 +41,7 @@ __all__ = [
     "correlate_fft",
     "correlate_valid_pairs",
     "correlate_valid_stack",
+    "delta_function_shifts",
     "resolve_workers",
     "spread_mask",
 ]
@@ -195,12 +196,32 @@ def correlate_fft(
 
 
 # -- small stamps --------------------------------------------------------------------------
+def delta_function_shifts(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return each kernel's flat pixel index and value, or None unless all are delta functions.
+
+    Parameters
+    ----------
+    basis : numpy.ndarray, shape (n_basis, size, size)
+        Basis kernels.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray) or None
+        ``index`` (int, ``dy · size + dx`` of kernel ``k``'s one non-zero pixel) and its
+        ``value``; None if some kernel has more or fewer than one non-zero pixel.
+    """
+    flat = basis.reshape(basis.shape[0], -1)
+    if not np.all(np.count_nonzero(flat, axis=1) == 1):
+        return None
+    index = np.argmax(flat != 0, axis=1)
+    return index, flat[np.arange(len(flat)), index]
+
+
 def _auto_method(basis: np.ndarray) -> str:
     """Return the `correlate_valid_stack` method that "auto" uses for this basis."""
-    n_basis = basis.shape[0]
-    if np.all(np.count_nonzero(basis.reshape(n_basis, -1), axis=1) == 1):
+    if delta_function_shifts(basis) is not None:
         return "gather"
-    return "direct" if n_basis >= DIRECT_MIN_KERNELS else "fft"
+    return "direct" if basis.shape[0] >= DIRECT_MIN_KERNELS else "fft"
 
 
 def correlate_valid_stack(
@@ -274,16 +295,14 @@ def correlate_valid_pairs(images: np.ndarray, kernels: np.ndarray) -> np.ndarray
 
 
 def _stack_gather(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.ndarray:
-    n_basis, size = basis.shape[:2]
-    flat = basis.reshape(n_basis, size * size)
-    if not np.all(np.count_nonzero(flat, axis=1) == 1):
+    shifts = delta_function_shifts(basis)
+    if shifts is None:
         msg = "method='gather' needs delta-function kernels (one non-zero pixel each)"
         raise DiffimValueError(msg)
-    offsets = np.flatnonzero(flat) - np.arange(n_basis) * size * size
+    offsets, values = shifts
     windows = sliding_window_view(stamp, out_shape, axis=(-2, -1))  # (..., size, size, *out)
-    dy, dx = np.divmod(offsets, size)
+    dy, dx = np.divmod(offsets, basis.shape[1])
     shifted = windows[..., dy, dx, :, :]
-    values = flat[np.arange(n_basis), offsets]
     if np.any(values != 1):
         shifted *= values[:, None, None]
     return shifted

@@ -19,9 +19,9 @@ from typing import Literal
 import numpy as np
 import scipy.linalg
 
-from ._delta_normal import delta_function_normal_equations, delta_function_shifts
+from ._delta_normal import delta_function_normal_equations
 from .candidates import KernelCandidate, KernelSolution
-from .convolve import correlate_valid_pairs, correlate_valid_stack
+from .convolve import correlate_valid_pairs, correlate_valid_stack, delta_function_shifts
 from .errors import KernelSolutionError
 from .image import BBox
 from .spatial import SpatialBackground, SpatialFunction, SpatialKernel
