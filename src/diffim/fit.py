@@ -211,18 +211,15 @@ def _build_candidates(
     solutions = build_single_kernels(candidates, basis, **options)
     if settings.iterate_single_kernel and not settings.constant_variance_weighting:
         built = [i for i, s in enumerate(solutions) if isinstance(s, KernelSolution)]
-        variances: list[np.ndarray | None] = [None] * len(candidates)
         residuals = residuals_of(
             [candidates[i] for i in built],
             [solutions[i].kernel_image for i in built],
             [solutions[i].background for i in built],
             0,
         )
-        for i, (_, variance, _) in zip(built, residuals, strict=True):
-            variances[i] = variance
         again = build_single_kernels(
-            [candidates[i] for i in built], basis, variances=[variances[i] for i in built],
-            **options,
+            [candidates[i] for i in built], basis,
+            variances=[variance for _, variance, _ in residuals], **options,
         )  # fmt: skip
         for i, solution in zip(built, again, strict=True):
             solutions[i] = solution
@@ -382,7 +379,7 @@ def _assess_spatial(
     visited = list(cell_set.visit(settings.n_star_per_cell))
     x, y = np.array([c.x for c in visited]), np.array([c.y for c in visited])
     kernel_images = list(solution.kernel.image_at(x, y))
-    backgrounds = list(np.broadcast_to(solution.background(x, y), x.shape))
+    backgrounds = list(solution.background(x, y))
     rejected = _assess(visited, kernel_images, backgrounds, STAGE_SPATIAL, clip, settings)
     return len(visited) - sum(rejected), sum(rejected)
 
