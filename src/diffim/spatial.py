@@ -191,9 +191,9 @@ class SpatialKernel:
         """True when any coefficient beyond the constant term is non-zero."""
         return bool(np.any(self.coefficients[:, 1:] != 0.0))
 
-    def coefficients_at(self, x: float, y: float) -> np.ndarray:
-        """Return the basis weights ``a_i(x, y)``, shape ``(n_basis,)``."""
-        return self.coefficients @ self.function.terms(x, y)
+    def coefficients_at(self, x: float | np.ndarray, y: float | np.ndarray) -> np.ndarray:
+        """Return the basis weights ``a_i(x, y)``, shape ``(n_basis, *positions)``."""
+        return np.tensordot(self.coefficients, self.function.terms(x, y), axes=1)
 
     def image_at(self, x: float | np.ndarray, y: float | np.ndarray) -> np.ndarray:
         """Return the kernel image at parent pixel ``(x, y)``, shape ``(size, size)``.
@@ -202,9 +202,13 @@ class SpatialKernel:
         """
         return np.tensordot(self.coefficients_at(x, y), self.basis, axes=(0, 0))
 
-    def sum_at(self, x: float, y: float) -> float:
-        """Return the kernel sum (photometric scale) at parent pixel ``(x, y)``."""
-        return float(self.image_at(x, y).sum())
+    def sum_at(self, x: float | np.ndarray, y: float | np.ndarray) -> float | np.ndarray:
+        """Return the kernel sum (photometric scale) at parent pixel ``(x, y)``.
+
+        For arrays of positions, an array of the sums at each.
+        """
+        sums = np.tensordot(self.basis.sum(axis=(1, 2)), self.coefficients_at(x, y), axes=1)
+        return float(sums) if np.ndim(sums) == 0 else sums
 
     def sum_image(self, bbox: BBox, dtype: np.dtype | type = np.float64) -> np.ndarray:
         """Return the kernel sum on every pixel of ``bbox``, shape ``(ny, nx)``, in ``dtype``."""

@@ -248,12 +248,7 @@ def _kernel_sums_on_grid(kernel: SpatialKernel, bbox: BBox) -> np.ndarray:
     """Return the kernel's sum on a `KERNEL_SUM_GRID` x `KERNEL_SUM_GRID` grid over ``bbox``."""
     grid_x = np.linspace(bbox.x_min, bbox.x_max, KERNEL_SUM_GRID)
     grid_y = np.linspace(bbox.y_min, bbox.y_max, KERNEL_SUM_GRID)
-    basis_sums = kernel.basis.sum(axis=(1, 2))
-    return np.tensordot(
-        basis_sums @ kernel.coefficients,
-        kernel.function.terms(*np.meshgrid(grid_x, grid_y)),
-        axes=1,
-    )
+    return kernel.sum_at(*np.meshgrid(grid_x, grid_y))
 
 
 def _extended(result: MatchResult, cls: type, **fields: Any) -> Any:
