@@ -157,13 +157,13 @@ def _stellar_locus_fwhm(fwhm: np.ndarray) -> float:
     return float(np.exp(np.median(values[start : ends[start]])))
 
 
-def _peaks(image: np.ndarray, objects: np.ndarray) -> np.ndarray:
-    """Return the largest finite raw pixel value inside each object's bounding box."""
-    x_min, x_max, y_min, y_max = (
-        objects[k].astype(np.int64) for k in ("xmin", "xmax", "ymin", "ymax")
-    )
+def _box_maxima(
+    image: np.ndarray, x_min: np.ndarray, x_max: np.ndarray, y_min: np.ndarray, y_max: np.ndarray
+) -> np.ndarray:
+    """Return the largest finite pixel value in each box (inclusive array indices, already
+    within the image); -inf for an empty box or one without a finite pixel."""
     ny, nx = image.shape
-    peaks = np.empty(len(objects))
+    peaks = np.empty(len(x_min))
     small = (x_max - x_min < PEAK_BOX_PIX) & (y_max - y_min < PEAK_BOX_PIX)
     index = np.flatnonzero(small)  # boxes up to PEAK_BOX_PIX square: all at once
     offsets = np.arange(PEAK_BOX_PIX)
@@ -171,11 +171,22 @@ def _peaks(image: np.ndarray, objects: np.ndarray) -> np.ndarray:
     rows = y_min[index, None, None] + offsets[:, None]
     inside = (cols <= x_max[index, None, None]) & (rows <= y_max[index, None, None])
     values = image[np.minimum(rows, ny - 1), np.minimum(cols, nx - 1)]
-    peaks[index] = np.where(inside & np.isfinite(values), values, -np.inf).max(axis=(1, 2))
-    for k in np.flatnonzero(~small):
+    peaks[index] = np.where(inside & np.isfinite(values), values, -np.inf).max(
+        axis=(1, 2), initial=-np.inf
+    )
+    empty = (x_max < x_min) | (y_max < y_min)
+    peaks[~small & empty] = -np.inf
+    for k in np.flatnonzero(~small & ~empty):
         box = image[y_min[k] : y_max[k] + 1, x_min[k] : x_max[k] + 1]
         peaks[k] = np.max(box, where=np.isfinite(box), initial=-np.inf)
     return peaks
+
+
+def _peaks(image: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """Return the largest finite raw pixel value inside each object's bounding box."""
+    return _box_maxima(
+        image, *(objects[k].astype(np.int64) for k in ("xmin", "xmax", "ymin", "ymax"))
+    )
 
 
 def _subtract_background(data: np.ndarray, bad: np.ndarray, noise: Noise) -> tuple:
@@ -803,15 +814,14 @@ def measure_fwhm(
 
 def _local_peaks(masked_image: MaskedImage, x: np.ndarray, y: np.ndarray, half: int) -> np.ndarray:
     """Return the largest finite raw pixel value within ``half`` pixels of each (x, y)."""
-    offsets = np.arange(-half, half + 1)
-    dy, dx = (grid.ravel() for grid in np.meshgrid(offsets, offsets, indexing="ij"))
     ny, nx = masked_image.shape
-    cols = np.rint(np.asarray(x) - masked_image.xy0[0]).astype(np.int64)[:, None] + dx
-    rows = np.rint(np.asarray(y) - masked_image.xy0[1]).astype(np.int64)[:, None] + dy
-    inside = (cols >= 0) & (cols < nx) & (rows >= 0) & (rows < ny)
-    values = masked_image.image[np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)]
-    values = np.where(inside & np.isfinite(values), values, -np.inf)
-    return values.max(axis=1, initial=-np.inf)
+    cols = np.rint(np.asarray(x) - masked_image.xy0[0]).astype(np.int64)
+    rows = np.rint(np.asarray(y) - masked_image.xy0[1]).astype(np.int64)
+    return _box_maxima(
+        masked_image.image,
+        np.maximum(cols - half, 0), np.minimum(cols + half, nx - 1),
+        np.maximum(rows - half, 0), np.minimum(rows + half, ny - 1),
+    )  # fmt: skip
 
 
 def measure_fwhm_forced(
