@@ -182,10 +182,13 @@ def candidate_rating(science: MaskedImage, bad_mask_bits: int, core_radius: int)
     rows = slice(max(ny // 2 - core_radius, 0), ny // 2 + core_radius + 1)
     cols = slice(max(nx // 2 - core_radius, 0), nx // 2 + core_radius + 1)
     image, variance = science.image[rows, cols], science.variance[rows, cols]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr = image / np.sqrt(variance)
-    good = ((science.mask[rows, cols] & bad_mask_bits) == 0) & np.isfinite(snr)
-    return float(snr[good].mean()) if good.any() else float("nan")
+    good = (science.mask[rows, cols] & bad_mask_bits) == 0
+    good &= np.isfinite(image)
+    good &= variance > 0  # False for nan
+    good &= np.isfinite(variance)
+    if not good.any():
+        return float("nan")
+    return float(np.mean(image[good] / np.sqrt(variance[good])))
 
 
 def remove_sky_slope(stamp: MaskedImage, inner_radius: float) -> MaskedImage:
