@@ -270,6 +270,11 @@ def atomic_write(
     """Write a file atomically: ``write(handle)`` fills a temporary file in the same folder,
     which then replaces ``path`` (mode 0644, or the replaced file's mode).
 
+    Readers see the old file or the whole new one, never a partial file, and a failed or
+    interrupted write leaves ``path`` untouched.  The data are not forced to disk
+    (``fsync``), like astropy's and cfitsio's own writers: that cost 0.07 s per 2048²
+    difference, and surviving a power cut is left to the file system.
+
     Raises
     ------
     DiffimIOError
@@ -292,8 +297,6 @@ def atomic_write(
         ) as handle:
             tmp_name = handle.name
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
         tmp_name = None

@@ -309,11 +309,14 @@ def _dense_normal_equations(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``M = Cᵀ W C`` and ``b = Cᵀ W d`` from the design columns ``C = T ⋆ B``.
 
-    ``weights`` is ``(n,)`` (one per candidate) or ``(n, n_pix)``.
+    ``weights`` is ``(n,)`` (one per candidate) or ``(n, n_pix)``.  The columns are
+    correlated in the templates' precision (float32 stamps: single-precision FFTs, 2.5x
+    faster, with rounding errors of the order of the pixels' own) and the products summed
+    in float64.
     """
     n, n_basis = len(templates), basis.shape[0]
-    design = correlate_valid_stack(templates, basis)  # (n, n_basis, ny, nx)
-    columns = design.reshape(n, n_basis, -1).transpose(0, 2, 1)
+    design = correlate_valid_stack(templates, basis.astype(templates.dtype))
+    columns = design.reshape(n, n_basis, -1).transpose(0, 2, 1).astype(np.float64)
     if fit_background:
         ones = np.ones((*columns.shape[:2], 1), dtype=columns.dtype)
         columns = np.concatenate([columns, ones], axis=2)
@@ -480,7 +483,8 @@ def _residual_batches(
         kernels = np.stack([kernel_images[i] for i in indices])
         half_width = kernels.shape[1] // 2
         stamps = np.stack([c.template.image for c in batch] + [c.template.variance for c in batch])
-        convolved = correlate_valid_pairs(stamps, np.concatenate([kernels, kernels**2]))
+        squares = np.concatenate([kernels, kernels**2]).astype(stamps.dtype)  # float32 FFTs
+        convolved = correlate_valid_pairs(stamps, squares)
         science_image, science_variance, science_mask = (
             _crop(np.stack([getattr(c.science, plane) for c in batch]), half_width)
             for plane in ("image", "variance", "mask")
