@@ -8,6 +8,7 @@ from scipy import ndimage
 
 import diffim
 import diffim.sources
+import diffim.stars
 import diffim.task
 from diffim.errors import DeconvolutionWarning, NotRegisteredError
 from diffim.image import Exposure
@@ -126,7 +127,7 @@ def test_subtraction_without_psf_models_detects_only_the_science_image(profile, 
         return detect_sources(masked_image, **options)
 
     monkeypatch.setattr(diffim.sources, "detect_sources", counting)
-    monkeypatch.setattr(diffim.task, "detect_sources", counting)
+    monkeypatch.setattr(diffim.stars, "detect_sources", counting)
     result = diffim.subtract(without_psf(pair.science), without_psf(pair.template))
     assert len(detected) == 1
     for name, psf in (("science", pair.science.psf), ("template", pair.template.psf)):

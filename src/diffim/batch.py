@@ -36,14 +36,6 @@ from .errors import DiffimValueError
 from .image import BBox, Exposure, MaskedImage
 from .io import atomic_write_text, check_not_input, write_exposure
 from .psf import GaussianPsf
-from .task import (
-    ImagePsfMatchTask,
-    as_exposure,
-    choose_convolve_template,
-    difference_statistics,
-    exposure_fwhm,
-    subtract,
-)
 
 if TYPE_CHECKING:
     from astropy.table import Column, Table
@@ -200,6 +192,8 @@ def subtract_pair(
         `SUMMARY_COLUMNS` but ``index``: status ``"ok"`` or ``"failed"``, error as
         ``"Type: message"``, runtime in seconds, QA numbers, and the warnings issued.
     """
+    from .task import subtract  # lazy: CLI start-up
+
     keep_freed_memory()  # this runs in a worker process of our own
     row: dict[str, Any] = {"science": science, "template": template, "output": output}
     started = time.perf_counter()
@@ -548,6 +542,8 @@ def default_margin(config: ImagePsfMatchConfig, kernel_size: int) -> int:
     sides, are used by both tiles that meet there: each tile's spatial kernel interpolates
     across the seam instead of extrapolating.  62 px for the default 21-px kernel.
     """
+    from .task import ImagePsfMatchTask  # lazy: CLI start-up
+
     return 2 * (kernel_size // 2 + ImagePsfMatchTask(config).stamp_half_width(kernel_size))
 
 
@@ -580,6 +576,8 @@ def subtract_tile(
     TileResult
         With the warnings recorded as ``(category, message)``, not issued.
     """
+    from .task import ImagePsfMatchTask  # lazy: CLI start-up
+
     task = ImagePsfMatchTask(ImagePsfMatchConfig.from_dict(config_dict))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -619,6 +617,8 @@ def _map_tiles(
 
 def _stitch(science: Exposure, results: list[TileResult], psf: Any, bad: Any) -> Exposure:
     """Assemble the tile interiors into a difference exposure with the science metadata."""
+    from .task import difference_statistics  # lazy: CLI start-up
+
     first = results[0].difference
     image, mask = np.empty(science.shape, first.dtype), np.empty(science.shape, first.mask.dtype)
     variance, planes = np.empty_like(image), first.planes
@@ -694,6 +694,13 @@ def subtract_tiled(
     DiffimWarning
         Once per category that some tiles issued, naming those tiles.
     """
+    from .task import (  # lazy: CLI start-up
+        ImagePsfMatchTask,
+        as_exposure,
+        choose_convolve_template,
+        exposure_fwhm,
+    )
+
     config = ImagePsfMatchConfig() if config is None else copy.deepcopy(config)
     if overrides:
         config.apply_overrides([f"{key}={value!r}" for key, value in overrides.items()])

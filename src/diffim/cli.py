@@ -21,7 +21,6 @@ from ._version import __version__
 from .allocator import keep_freed_memory
 from .config import ImagePsfMatchConfig, config_documentation
 from .errors import DiffimError, DiffimValueError
-from .task import subtract
 
 log = logging.getLogger("diffim.cli")
 
@@ -240,6 +239,7 @@ def _summary(result: Any) -> str:
 
 def _run_subtract(args: argparse.Namespace) -> int:
     from .io import check_not_input, read_exposure
+    from .task import subtract
 
     for output in (args.output, args.matched, args.kernel, args.background, args.png, args.score):
         if output:
@@ -369,6 +369,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     log.info(
         "simulated a %d x %d pair in %.2f s", args.size, args.size, time.perf_counter() - started
     )
+    from .task import subtract
+
     config = ImagePsfMatchConfig()
     result = subtract(pair.science, pair.template, config=config)
     out = Path(args.out)

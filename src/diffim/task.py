@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import stars
 from ._version import __version__
 from .basis import (
     BasisList,
@@ -58,14 +59,10 @@ from .image import BBox, Exposure, MaskedImage
 from .solve import Regularization
 from .sources import (
     CROWDING_TESTS,
-    FIT_STAMP_FWHM,
-    FWHM_PER_SIGMA,
-    detect_sources,
-    measure_fwhm,
-    measure_fwhm_forced,
     select_kernel_sources,
 )
 from .spatial import SpatialBackground, SpatialKernel, n_spatial_terms
+from .stars import PairFwhm, exposure_fwhm
 
 if TYPE_CHECKING:  # imported where used: astropy.table, the PSF models and warping are slow
     from astropy.table import Table
@@ -226,24 +223,6 @@ class ExposureSubtractResult(ExposureMatchResult):
             name="POSITIONS",
         )
         atomic_write_hdulist(fits.HDUList([primary, table]), path, overwrite=overwrite)
-
-
-@dataclass(frozen=True, slots=True)
-class PairFwhm:
-    """What `ImagePsfMatchTask.pair_fwhm` returns.
-
-    Attributes
-    ----------
-    template_fwhm_pix, science_fwhm_pix : float
-        PSF FWHMs in pixels.
-    science_detections : astropy.table.Table or None
-        The science image's `ImagePsfMatchTask.detect_kernel_sources` table, to select the
-        kernel stars from; None when no detection was needed.
-    """
-
-    template_fwhm_pix: float
-    science_fwhm_pix: float
-    science_detections: Table | None = None
 
 
 def _kernel_sums_on_grid(kernel: SpatialKernel, bbox: BBox) -> np.ndarray:
@@ -765,94 +744,34 @@ class ImagePsfMatchTask:
 
     def _select_bad_bits(self, exposure: Exposure) -> int:
         """Mask bits that exclude pixels from kernel-star detection and stamps."""
-        planes = self.config.kernel.active.detectionConfig.badMaskPlanes
-        return exposure.masked_image.bitmask([*planes, "BAD", "CR"])
+        return stars.select_bad_bits(exposure, self.config)
 
     def detect_kernel_sources(
         self, exposure: Exposure, sigma: float | None = None, do_smooth: bool = True
     ) -> Table:
         """Detect the sources `getSelectSources` selects kernel stars from.
 
-        The threshold is ``selectDetectionThreshold``; the matched filter is a Gaussian of
-        ``sigma`` pixels, else of the exposure's PSF FWHM, else sep's 3x3 kernel (and none
-        of these when ``do_smooth`` is False).  The same table also serves to measure the
-        FWHM of an exposure without a PSF model (`exposure_fwhm`), so that a subtraction
-        detects on the science image only once.
+        See `diffim.stars.detect_kernel_sources`, run with this task's config.
 
         Returns
         -------
         astropy.table.Table
             A `diffim.sources.detect_sources` table (parent pixels).
         """
-        fwhm = None
-        if do_smooth:
-            fwhm = sigma * FWHM_PER_SIGMA if sigma is not None else None
-            if fwhm is None and exposure.psf is not None:
-                fwhm = float(exposure.psf.fwhm(*exposure.bbox.center))
-        return detect_sources(
-            exposure.masked_image,
-            threshold_sigma=self.config.selectDetectionThreshold,
-            fwhm_pix=fwhm,
-            bad_mask_bits=self._select_bad_bits(exposure),
-        )
+        return stars.detect_kernel_sources(exposure, self.config, sigma, do_smooth)
 
-    def pair_fwhm(
-        self,
-        template: Exposure,
-        science: Exposure,
-        *,
-        template_fwhm_pix: float | None = None,
-        science_fwhm_pix: float | None = None,
-        science_detections: Table | None = None,
-        select_stars: bool = True,
-    ) -> PairFwhm:
+    def pair_fwhm(self, template: Exposure, science: Exposure, **options: Any) -> PairFwhm:
         """Return the template and science FWHMs, detecting at most the science image.
 
-        A FWHM not given is that of the exposure's PSF model, or is measured from stars:
-        the science image is detected once (`detect_kernel_sources`, unless
-        ``science_detections`` is given), and that table serves its FWHM, the kernel stars
-        (when ``select_stars``) and the template FWHM, measured at the science stars on the
-        registered template.  A template detection is made only when those fail.
-
-        Parameters
-        ----------
-        template, science : Exposure
-            The template, registered to the science pixel grid, and the science image.
-        template_fwhm_pix, science_fwhm_pix : float, optional
-            Known FWHMs (pixels).
-        science_detections : astropy.table.Table, optional
-            The science image's `detect_kernel_sources` table, if made already.
-        select_stars : bool
-            Whether kernel stars will be selected on the science image: the detection
-            that needs is then made even when its FWHM is known.
+        See `diffim.stars.pair_fwhm` (``options``: ``template_fwhm_pix``,
+        ``science_fwhm_pix``, ``science_detections``, ``select_stars``), run with this
+        task's config and log.
 
         Returns
         -------
         PairFwhm
         """
-        detections = science_detections
-        science_needs = science_fwhm_pix is None and science.psf is None
-        template_needs = template_fwhm_pix is None and template.psf is None
-        if detections is None and (science_needs or (template_needs and select_stars)):
-            detections = self.detect_kernel_sources(science)
-        fwhm_science = science_fwhm_pix
-        if fwhm_science is None:
-            fwhm_science = exposure_fwhm(science, "science", self.log, detections=detections)
-        fwhm_template = template_fwhm_pix
-        if fwhm_template is None:
-            stars = None
-            if template_needs and detections is not None:
-                stars = select_kernel_sources(
-                    science.masked_image,
-                    stamp_half_width=math.ceil(FIT_STAMP_FWHM * fwhm_science),
-                    saturation=science.saturation,
-                    bad_mask_bits=detections.meta.get("bad_mask_bits"),
-                    detections=detections,
-                )
-            fwhm_template = exposure_fwhm(
-                template, "template", self.log, stars=stars, fwhm_guess=fwhm_science
-            )
-        return PairFwhm(fwhm_template, fwhm_science, detections)
+        return stars.pair_fwhm(template, science, self.config, self.log, **options)
 
     def getSelectSources(
         self,
@@ -1221,64 +1140,6 @@ def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str
         "diffimResidualRobustStd": 1.482602218505602 * mad,
         "diffimGoodPixelFraction": float(good.mean()),
     }
-
-
-def exposure_fwhm(
-    exposure: Exposure,
-    name: str,
-    log: logging.Logger,
-    *,
-    detections: Table | None = None,
-    stars: Table | None = None,
-    fwhm_guess: float | None = None,
-) -> float:
-    """FWHM (pixels) of an exposure's PSF at its centre, measured from stars if it has none.
-
-    Parameters
-    ----------
-    exposure : Exposure
-        The image; its PSF model is used when it has one.
-    name : str
-        What to call the image in the log.
-    log : logging.Logger
-        Where to report a measured FWHM.
-    detections : astropy.table.Table, optional
-        A `diffim.sources.detect_sources` table of this exposure (such as
-        `ImagePsfMatchTask.detect_kernel_sources` gives) to measure from instead of
-        detecting again.
-    stars, fwhm_guess : optional
-        Stars found on another image of the same pixel grid (e.g. the science stars, for the
-        warped template) and that image's FWHM (pixels): the FWHM is then measured at their
-        positions (`diffim.sources.measure_fwhm_forced`), without a detection.
-
-    Either way, should too few stars give a profile fit, the exposure is detected again
-    at `measure_fwhm`'s own threshold.
-
-    Raises
-    ------
-    InsufficientKernelSourcesError
-        If the exposure has no PSF model and fewer than 3 stars can be fitted.
-    """
-    if exposure.psf is not None:
-        return float(exposure.psf.fwhm(*exposure.bbox.center))
-    image, saturation = exposure.masked_image, exposure.saturation
-    attempts = []
-    if stars is not None and fwhm_guess is not None:
-        options = {"sources": stars, "fwhm_pix": fwhm_guess}
-        attempts.append(("at the other image's stars", measure_fwhm_forced, options))
-    if detections is not None:
-        attempts.append(("from its stars", measure_fwhm, {"detections": detections}))
-    for how, measure, options in attempts:
-        try:
-            fwhm = measure(image, saturation=saturation, **options)
-        except InsufficientKernelSourcesError as error:
-            log.info("%s: %s; trying another way to measure the FWHM", name, error)
-        else:
-            log.info("%s has no PSF model; FWHM measured %s: %.2f px", name, how, fwhm)
-            return fwhm
-    fwhm = measure_fwhm(image, saturation=saturation)
-    log.info("%s has no PSF model; FWHM measured from its stars: %.2f px", name, fwhm)
-    return fwhm
 
 
 def choose_convolve_template(mode: str, template_fwhm: float, science_fwhm: float) -> bool:
