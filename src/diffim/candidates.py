@@ -8,8 +8,10 @@ constrained by the best few stars of every region (spec §1.10, §3.5, §3.6, §
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -275,6 +277,11 @@ def stamp_box(x: float, y: float, half_width: int, bounds: BBox) -> BBox:
     return BBox.from_corners(cx - half, cy - half, cx + half, cy + half)
 
 
+def _rating_order(candidate: KernelCandidate) -> float:
+    """Sort key of candidates: best (highest) rating first, non-finite ratings last."""
+    return -candidate.rating if math.isfinite(candidate.rating) else math.inf
+
+
 @dataclass
 class SpatialCell:
     """One cell of a `SpatialCellSet`: a box and its candidates, best rating first."""
@@ -283,9 +290,9 @@ class SpatialCell:
     candidates: list[KernelCandidate] = field(default_factory=list)
 
     def insert(self, candidate: KernelCandidate) -> None:
-        """Add a candidate, keeping the list sorted by decreasing rating."""
-        self.candidates.append(candidate)
-        self.candidates.sort(key=lambda c: -c.rating if np.isfinite(c.rating) else np.inf)
+        """Add a candidate, keeping the list sorted by decreasing rating (NaN last), after
+        any candidate of equal rating."""
+        bisect.insort(self.candidates, candidate, key=_rating_order)
 
     def visit(self, n_per_cell: int) -> Iterator[KernelCandidate]:
         """Yield the first ``n_per_cell`` candidates that are not BAD when reached.

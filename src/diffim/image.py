@@ -411,15 +411,28 @@ class MaskedImage:
         self.variance /= scale * scale
         return self
 
+    def _combined(self, other: MaskedImage | float, operation: np.ufunc) -> MaskedImage:
+        """``self ± other`` in one pass per plane (no copy first), in this image's dtypes."""
+        if not isinstance(other, MaskedImage):
+            image = operation(self.image, other, dtype=self.image.dtype)
+            return MaskedImage(
+                image, self.mask.copy(), self.variance.copy(), xy0=self.xy0,
+                planes=self.planes.copy(),
+            )  # fmt: skip
+        planes = self._check_compatible(other)
+        return MaskedImage(
+            operation(self.image, other.image, dtype=self.image.dtype),
+            self.mask | other.mask,
+            np.add(self.variance, other.variance, dtype=self.variance.dtype),
+            xy0=self.xy0,
+            planes=planes,
+        )
+
     def __sub__(self, other: MaskedImage | float) -> MaskedImage:
-        result = self.copy()
-        result -= other
-        return result
+        return self._combined(other, np.subtract)
 
     def __add__(self, other: MaskedImage | float) -> MaskedImage:
-        result = self.copy()
-        result += other
-        return result
+        return self._combined(other, np.add)
 
     def __mul__(self, scale: float) -> MaskedImage:
         result = self.copy()

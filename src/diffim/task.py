@@ -1010,8 +1010,7 @@ class ImagePsfMatchTask:
         science = scienceExposure.masked_image
         background = match.backgroundModel.image(science.bbox, science.dtype)
         if convolveTemplate:
-            difference = science.copy()
-            difference -= match.matchedImage
+            difference = science - match.matchedImage
             difference.image -= background
         else:
             difference = match.matchedImage.copy()
@@ -1098,8 +1097,7 @@ class ImagePsfMatchTask:
             templateFwhmPix,
             scienceFwhmPix,
         )
-        difference = scienceMaskedImage.copy()
-        difference -= match.matchedImage
+        difference = scienceMaskedImage - match.matchedImage
         difference.image -= match.backgroundModel.image(difference.bbox, difference.dtype)
         metadata = dict(match.metadata)
         metadata.update(difference_statistics(difference, self.config.kernel.active.badMaskPlanes))
