@@ -218,6 +218,15 @@ def _weights(candidate: KernelCandidate, constant_variance_weighting: bool) -> n
     return 1.0 / variance
 
 
+def _median_weights(batch: Sequence[KernelCandidate]) -> np.ndarray:
+    """`_weights` with constant variance weighting for a batch of same-shape stamps, at once."""
+    variance = np.stack([c.science.variance for c in batch])
+    variance += np.stack([c.template.variance for c in batch])
+    medians = np.median(variance.reshape(len(batch), -1), axis=1).astype(np.float64)
+    positive = medians > 0
+    return np.divide(1.0, medians, out=np.ones_like(medians), where=positive)
+
+
 def _crop(array: np.ndarray, half_width: int) -> np.ndarray:
     """The last two axes of ``array`` shrunk by ``half_width`` pixels on every side."""
     return array[
@@ -280,7 +289,8 @@ def _batch_weights(
 
     A candidate whose variance cannot be weighted gets weight 0 and its error in ``results``.
     """
-    scalar = constant_variance_weighting and all(v is None for v in variances)
+    if constant_variance_weighting and all(v is None for v in variances):
+        return _median_weights(batch)
     weights: list[np.ndarray | float] = []
     for index, candidate, variance in zip(indices, batch, variances, strict=True):
         if variance is not None:
@@ -291,8 +301,6 @@ def _batch_weights(
         except KernelSolutionError as error:
             results[index], weight = error, 0.0
         weights.append(weight if np.isscalar(weight) else _crop(weight, half_width).ravel())
-    if scalar:
-        return np.asarray(weights, dtype=float)
     n_pix = (batch[0].template.image.shape[0] - 2 * half_width) * (
         batch[0].template.image.shape[1] - 2 * half_width
     )
