@@ -290,8 +290,22 @@ def correlate_valid_pairs(images: np.ndarray, kernels: np.ndarray) -> np.ndarray
     workers = resolve_workers(None)
     product = np.conjugate(scipy.fft.rfft2(kernels, s=fft_shape, workers=workers))
     product *= scipy.fft.rfft2(images, s=fft_shape, workers=workers)
-    result = scipy.fft.irfft2(product, s=fft_shape, overwrite_x=True, workers=workers)
-    return result[:, : images.shape[1] - size + 1, : images.shape[2] - size + 1]
+    out_shape = (images.shape[1] - size + 1, images.shape[2] - size + 1)
+    return _inverse_valid(product, fft_shape, out_shape, workers)
+
+
+def _inverse_valid(
+    spectrum: np.ndarray, fft_shape: tuple[int, int], out_shape: tuple[int, int], workers: int
+) -> np.ndarray:
+    """``irfft2(spectrum, fft_shape)[..., :out_shape[0], :out_shape[1]]``, contiguous.
+
+    The row transforms run only on the ``out_shape[0]`` rows kept: for stamps whose valid
+    region is about half the transform (43² stamps, 21² kernels) this halves the work.
+    """
+    rows = scipy.fft.ifft(spectrum, axis=-2, overwrite_x=True, workers=workers)
+    rows = rows[..., : out_shape[0], :]
+    result = scipy.fft.irfft(rows, n=fft_shape[1], axis=-1, overwrite_x=True, workers=workers)
+    return np.ascontiguousarray(result[..., : out_shape[1]])
 
 
 def _stack_gather(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.ndarray:
@@ -322,8 +336,7 @@ def _stack_fft(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.nda
     product = scipy.fft.rfft2(basis, s=fft_shape)
     np.conjugate(product, out=product)
     product = product * scipy.fft.rfft2(stamp, s=fft_shape, workers=workers)[..., None, :, :]
-    result = scipy.fft.irfft2(product, s=fft_shape, overwrite_x=True, workers=workers)
-    return np.ascontiguousarray(result[..., : out_shape[0], : out_shape[1]])
+    return _inverse_valid(product, fft_shape, out_shape, workers)
 
 
 # -- masks ---------------------------------------------------------------------------------
