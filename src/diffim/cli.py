@@ -18,7 +18,7 @@ from typing import Any
 
 from . import progress
 from ._version import __version__
-from .allocator import keep_freed_memory
+from .allocator import collect_cycles_less_often, keep_freed_memory
 from .config import ImagePsfMatchConfig, config_documentation
 from .errors import DiffimError, DiffimValueError
 
@@ -412,6 +412,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``diffim`` command line; return the exit status."""
+    collect_cycles_less_often()  # before the parser: it imports astropy and numpy
     args = _parser().parse_args(argv)
     _setup_logging(args)
     keep_freed_memory()
