@@ -5,6 +5,7 @@ import pytest
 from conftest import isolated_stars, near, normalized, psf_flux, simulate_with_model
 from scipy import ndimage
 
+import diffim
 from diffim.config import ImagePsfMatchConfig
 from diffim.errors import (
     DiffimValueError,
@@ -343,3 +344,30 @@ def test_a_negative_flux_ratio_is_refused_not_written():
             flipped, pair.science.masked_image, positions,
             pair.truth.parameters.template_fwhm, pair.truth.parameters.science_fwhm,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(("template_fwhm", "science_fwhm"), [(3.0, 3.8), (3.8, 3.0)])
+def test_subtract_without_keeping_the_matched_image_gives_the_same_difference(
+    template_fwhm, science_fwhm
+):
+    """``keep_matched=False`` computes the difference in the matched image's planes (the
+    template's, or the science image's when that is convolved): the same pixels, mask and
+    variance, no matched image in the result, inputs untouched."""
+    pair = simulate_pair(
+        shape=(512, 512), seed=5, n_stars=400, template_fwhm=template_fwhm,
+        science_fwhm=science_fwhm,
+    )  # fmt: skip
+    science_before = pair.science.masked_image.copy()
+    kept = diffim.subtract(pair.science, pair.template)
+    lean = diffim.subtract(pair.science, pair.template, keep_matched=False)
+    assert lean.matchedExposure is None
+    assert lean.matchedImage is None
+    assert kept.matchedExposure is not None
+    for plane in ("image", "mask", "variance"):
+        np.testing.assert_array_equal(
+            getattr(lean.subtractedExposure.masked_image, plane),
+            getattr(kept.subtractedExposure.masked_image, plane),
+        )
+        np.testing.assert_array_equal(
+            getattr(pair.science.masked_image, plane), getattr(science_before, plane)
+        )

@@ -203,7 +203,7 @@ def subtract_pair(
             config = _resolved_config(config_dict, overrides)
             check_not_input(output, [science, template])
             Path(output).parent.mkdir(parents=True, exist_ok=True)
-            result = subtract(science, template, config=config)
+            result = subtract(science, template, config=config, keep_matched=False)
             header = {KEY_CARD: _pair_key(science, template, config), DONE_CARD: True}
             write_exposure(result.subtractedExposure, output, overwrite=True, header_extra=header)
             header.update(result.metadata)

@@ -268,6 +268,7 @@ def _run_subtract(args: argparse.Namespace) -> int:
             mode=args.mode,
             decorrelate=args.decorrelate,
             warp=not args.no_warp,
+            keep_matched=bool(args.matched or args.debug),
         )
     for number, warning in enumerate(caught, start=1):
         log.warning("%s: %s", warning.category.__name__, warning.message)
