@@ -17,8 +17,8 @@ from diffim.decorrelate import (
     score_image,
 )
 from diffim.errors import DiffimValueError, DiffimWarning
-from diffim.fit import clipped_mean_std
 from diffim.image import MaskedImage
+from diffim.stats import clipped_mean_std
 from diffim.task import ImagePsfMatchTask
 
 SIGMA_KERNEL = np.sqrt(3.3**2 - 2.2**2)  # spec §6.5: template 2.2 px -> science 3.3 px

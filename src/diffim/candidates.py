@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import DiffimValueError
 from .image import BBox, MaskedImage
+from .stats import MAD_TO_SIGMA
 
 __all__ = [
     "CandidateStatus",
@@ -34,9 +35,6 @@ __all__ = [
 #: Iterations and threshold (robust sigmas) of the clipped plane fit in `remove_sky_slope`.
 SKY_SLOPE_ITERATIONS = 3
 SKY_SLOPE_CLIP = 3.0
-
-#: Converts a median absolute deviation to the sigma of a Gaussian.
-MAD_TO_SIGMA = 1.4826
 
 log = logging.getLogger(__name__)
 

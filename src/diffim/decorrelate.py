@@ -46,9 +46,9 @@ import scipy.fft
 
 from .convolve import correlate_fft, resolve_workers
 from .errors import DiffimValueError, DiffimWarning
-from .fit import clipped_mean_std
 from .image import MaskedImage
 from .spatial import SpatialKernel
+from .stats import clipped_mean_std
 
 __all__ = [
     "ARTEFACT_MASK_PLANES",

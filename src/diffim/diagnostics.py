@@ -27,6 +27,7 @@ from .config import ImagePsfMatchConfig
 from .errors import DiffimError, DiffimValueError
 from .image import BBox, MaskedImage
 from .spatial import SpatialKernel
+from .stats import MAD_TO_SIGMA
 
 __all__ = ["plot_subtraction", "write_debug_plots"]
 
@@ -62,8 +63,6 @@ KERNEL_SUPPORT_FRACTION = 0.01
 KERNEL_SUM_GRID = 128
 #: Bins of the candidate histograms.
 HISTOGRAM_BINS = 40
-#: Converts a median absolute deviation into the sigma of a Gaussian.
-MAD_TO_SIGMA = 1.482602218505602
 #: Two-sided probability that a standard normal variable lies beyond 5.
 GAUSSIAN_TAIL_5SIGMA = math.erfc(5.0 / math.sqrt(2.0))
 #: Most pixels used to estimate a stretch (a regular subsample of larger images).

@@ -35,11 +35,11 @@ from .solve import (
     residuals_of,
     solve_spatial_kernel,
 )
+from .stats import clipped_mean_std
 
 __all__ = [
     "FitResult",
     "FitSettings",
-    "clipped_mean_std",
     "fit_spatial_kernel",
     "select_basis_by_bic",
 ]
@@ -47,7 +47,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Converts an interquartile range to the sigma of a Gaussian (afw's constant).
-IQR_TO_SIGMA = 0.741301109
 
 # BLAS note: the fitting stages run with single-threaded BLAS.  They multiply and decompose
 # thousands of small matrices (28 x 28 for the default basis), for which OpenBLAS's threads
@@ -122,36 +121,6 @@ class FitResult:
     spatial_residual_mean: float = float("nan")
     spatial_residual_std: float = float("nan")
     iterations: int = 0
-
-
-def clipped_mean_std(
-    values: np.ndarray, n_sigma: float = 3.0, n_iterations: int = 3
-) -> tuple[float, float]:
-    """Return afw's MEANCLIP and STDEVCLIP of a sample (spec §0.2).
-
-    Pass 0 keeps values within ``n_sigma · 0.7413 · IQR`` of the median; every later pass
-    keeps those within ``n_sigma`` standard deviations of the previous pass's mean.  The
-    variance is the unbiased ``n/(n-1)`` one; the result comes from the last pass.  Masked
-    float64 sums avoid copying the kept values on every pass (variance planes of millions
-    of pixels go through here).
-    """
-    values = np.asarray(values).ravel()
-    if values.size == 1:
-        return float(values[0]), 0.0
-    q25, center, q75 = np.percentile(values, [25.0, 50.0, 75.0])
-    half_width = n_sigma * IQR_TO_SIGMA * (q75 - q25)
-    squares = np.square(values, dtype=np.float64)
-    mean, std = float(center), 0.0
-    for _ in range(n_iterations):
-        keep = np.abs(values - center) <= half_width
-        n = np.count_nonzero(keep)
-        if n == 0:
-            break
-        mean = float(np.sum(values, where=keep, dtype=np.float64) / n)
-        variance = (float(np.sum(squares, where=keep)) - n * mean**2) / max(n - 1, 1)
-        std = float(np.sqrt(max(variance, 0.0)))
-        center, half_width = mean, n_sigma * std
-    return mean, std
 
 
 def _assess(

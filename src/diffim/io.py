@@ -36,6 +36,7 @@ from .errors import (
     VarianceEstimatedWarning,
 )
 from .image import DEFAULT_MASK_PLANES, MASK_DTYPE, Exposure, LazyWcs, MaskedImage, MaskPlanes
+from .stats import MAD_TO_SIGMA
 
 if TYPE_CHECKING:
     from astropy.nddata import CCDData
@@ -759,7 +760,7 @@ def _pixel_noise(image: np.ndarray, usable: np.ndarray) -> float:
     # In place: the medians may reorder ``values``, which the MAD does not depend on.
     values -= np.median(values, overwrite_input=True)
     np.abs(values, out=values)
-    return float(1.482602218505602 * np.median(values, overwrite_input=True) / np.sqrt(2))
+    return float(MAD_TO_SIGMA * np.median(values, overwrite_input=True) / np.sqrt(2))
 
 
 def _estimate_variance(

@@ -51,7 +51,6 @@ from .errors import (
 from .fit import (
     FitResult,
     FitSettings,
-    clipped_mean_std,
     fit_spatial_kernel,
     select_basis_by_bic,
 )
@@ -63,6 +62,7 @@ from .sources import (
 )
 from .spatial import SpatialBackground, SpatialKernel, n_spatial_terms
 from .stars import PairFwhm, exposure_fwhm
+from .stats import MAD_TO_SIGMA, clipped_mean_std
 
 if TYPE_CHECKING:  # imported where used: astropy.table, the PSF models and warping are slow
     from astropy.table import Table
@@ -1162,7 +1162,7 @@ def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str
     mad = float(np.median(np.abs(values, out=values), overwrite_input=True))
     return {
         "diffimResidualMedian": median,
-        "diffimResidualRobustStd": 1.482602218505602 * mad,
+        "diffimResidualRobustStd": MAD_TO_SIGMA * mad,
         "diffimGoodPixelFraction": float(good.mean()),
     }
 
