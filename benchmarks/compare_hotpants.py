@@ -59,9 +59,9 @@ from scipy import ndimage
 from diffim.config import ImagePsfMatchConfig
 from diffim.io import read_exposure
 from diffim.simulate import SimulatedPair, write_pair
+from diffim.stats import MAD_TO_SIGMA
 from diffim.task import ImagePsfMatchTask, exposure_fwhm
 
-ROBUST_STD_PER_MAD = 1.482602218505602  # 1 / Phi^-1(3/4): MAD -> sigma of a Gaussian
 BAD_PLANES = ["BAD", "SAT", "CR", "NO_DATA", "EDGE"]
 EMPTY_SKY_SIGMA = 0.05  # sky pixel: noise-free sources below this fraction of the noise
 DETECTION_SIGMA = 5.0
@@ -325,7 +325,7 @@ def read_hotpants(work: Path) -> Difference:
 def robust(values: np.ndarray) -> tuple[float, float]:
     """Return the median and the robust std (1.4826 MAD) of ``values``."""
     center = float(np.median(values))
-    return center, ROBUST_STD_PER_MAD * float(np.median(np.abs(values - center)))
+    return center, MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
 
 
 def quality(diff: Difference, valid: np.ndarray, truth: Truth) -> dict[str, float]:
