@@ -15,6 +15,7 @@ from diffim.errors import (
 )
 from diffim.image import MaskedImage
 from diffim.simulate import simulate_pair
+from diffim.solve import build_single_kernel, candidate_residuals
 from diffim.task import ImagePsfMatchTask
 
 
@@ -371,3 +372,42 @@ def test_subtract_without_keeping_the_matched_image_gives_the_same_difference(
         np.testing.assert_array_equal(
             getattr(pair.science.masked_image, plane), getattr(science_before, plane)
         )
+
+
+def test_iterate_single_kernel_refits_with_the_difference_variance():
+    """With ``iterateSingleKernel`` (and per-pixel weights) each candidate is fitted twice:
+    the second fit weights by the variance of the first fit's difference,
+    ``var_I + K₁² ⋆ var_T``; the kernel sum is still the flux ratio."""
+    pair = simulate_pair(shape=(512, 512), seed=12, n_stars=300, flux_ratio=1.1)
+    stars = isolated_stars(pair.truth, min_flux=2e4, radius=15.0)
+    positions = list(zip(stars["x_science"], stars["y_science"], strict=True))
+    results = {}
+    for iterate in (False, True):
+        config = ImagePsfMatchConfig()
+        active = config.kernel.active
+        active.constantVarianceWeighting = False
+        active.iterateSingleKernel = iterate
+        active.spatialKernelOrder = 1
+        task = ImagePsfMatchTask(config)
+        results[iterate] = (task, task.matchMaskedImages(
+            pair.template.masked_image, pair.science.masked_image, positions, 3.0, 4.0
+        ))  # fmt: skip
+    (task, once), (_, twice) = results[False], results[True]
+    assert twice.psfMatchingKernel.sum_at(256, 256) == pytest.approx(1.1, rel=0.01)
+    first = {c.candidate_id: c for c in once.kernelCellSet.candidates() if "ORIG" in c.solutions}
+    checked = 0
+    for candidate in twice.kernelCellSet.candidates():
+        if "ORIG" not in candidate.solutions or candidate.candidate_id not in first:
+            continue
+        k1 = first[candidate.candidate_id].solutions["ORIG"]
+        _, variance, _ = candidate_residuals(candidate, k1.kernel_image, k1.background, 0)
+        basis = task.makeKernelBasisList(3.0, 4.0).kernels
+        expected = build_single_kernel(
+            candidate, basis, variance=variance, fit_background=True,
+            constant_variance_weighting=False,
+        )  # fmt: skip
+        np.testing.assert_allclose(
+            candidate.solutions["ORIG"].normal_matrix, expected.normal_matrix, rtol=1e-9
+        )
+        checked += 1
+    assert checked >= 5
