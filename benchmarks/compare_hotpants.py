@@ -46,6 +46,7 @@ import numpy as np
 from astropy.io import fits
 from bench_subtract import (
     ProcessRun,
+    bytecode_state,
     diffim_command,
     environment_header,
     load_average,
@@ -451,6 +452,7 @@ def main() -> None:
     print(f"- command: {' '.join(sys.argv)}")
     print(f"- HOTPANTS: {binary} (built with gcc {BUILD_COPTS}; single-threaded)")
     print(f"- peak RSS by {rss_method()}")
+    print(f"- diffim bytecode: {bytecode_state()}")
     with tempfile.TemporaryDirectory(prefix="compare_hotpants_") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
