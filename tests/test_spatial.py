@@ -31,3 +31,16 @@ def test_background_image_matches_its_pointwise_values():
     image = background.image(bbox)
     assert image[10, 20] == pytest.approx(float(background(20.0, 10.0)), abs=1e-12)
     assert image[47, 63] == pytest.approx(float(background(63.0, 47.0)), abs=1e-12)
+
+
+def test_background_add_to_matches_its_image_across_row_blocks():
+    """`SpatialBackground.add_to` (row blocks, no full-size temporary) adds exactly
+    ``scale`` times `SpatialBackground.image`, in the image's dtype."""
+    bbox = BBox(10, -5, 37, 600)  # more rows than one block
+    function = SpatialFunction("chebyshev1", 2, bbox)
+    background = SpatialBackground(function, np.array([3.0, 0.5, -0.2, 0.1, 0.05, -0.3]))
+    image = np.full((bbox.height, bbox.width), 7.0, dtype=np.float32)
+    background.add_to(image, bbox, scale=-1.0)
+    expected = 7.0 - background.image(bbox, np.float32)
+    assert image.dtype == np.float32
+    np.testing.assert_array_equal(image, expected)

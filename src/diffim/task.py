@@ -1029,14 +1029,13 @@ class ImagePsfMatchTask:
             scienceDetections=scienceDetections,
         )
         science = scienceExposure.masked_image
-        background = match.backgroundModel.image(science.bbox, science.dtype)
         matched = match.matchedImage if keep_matched else None
         if convolveTemplate:
             difference = science - match.matchedImage if keep_matched else _rsub(match, science)
-            difference.image -= background
+            match.backgroundModel.add_to(difference.image, science.bbox, scale=-1.0)
         else:
             difference = match.matchedImage.copy() if keep_matched else match.matchedImage
-            difference.image += background
+            match.backgroundModel.add_to(difference.image, science.bbox)
             difference -= match.warpedExposure.masked_image
             kernel_sum = match.psfMatchingKernel.sum_image(science.bbox, science.dtype)
             difference.image /= kernel_sum
@@ -1125,7 +1124,7 @@ class ImagePsfMatchTask:
             scienceFwhmPix,
         )
         difference = scienceMaskedImage - match.matchedImage
-        difference.image -= match.backgroundModel.image(difference.bbox, difference.dtype)
+        match.backgroundModel.add_to(difference.image, difference.bbox, scale=-1.0)
         metadata = dict(match.metadata)
         metadata.update(difference_statistics(difference, self.config.kernel.active.badMaskPlanes))
         return _extended(
