@@ -773,18 +773,34 @@ class ImagePsfMatchTask:
         """
         return stars.detect_kernel_sources(exposure, self.config, sigma, do_smooth)
 
-    def pair_fwhm(self, template: Exposure, science: Exposure, **options: Any) -> PairFwhm:
+    def pair_fwhm(
+        self,
+        template: Exposure,
+        science: Exposure,
+        *,
+        template_fwhm_pix: float | None = None,
+        science_fwhm_pix: float | None = None,
+        science_detections: Table | None = None,
+        select_stars: bool = True,
+    ) -> PairFwhm:
         """Return the template and science FWHMs, detecting at most the science image.
 
-        See `diffim.stars.pair_fwhm` (``options``: ``template_fwhm_pix``,
-        ``science_fwhm_pix``, ``science_detections``, ``select_stars``), run with this
-        task's config and log.
+        See `diffim.stars.pair_fwhm` for the parameters; run with this task's config and log.
 
         Returns
         -------
         PairFwhm
         """
-        return stars.pair_fwhm(template, science, self.config, self.log, **options)
+        return stars.pair_fwhm(
+            template,
+            science,
+            self.config,
+            self.log,
+            template_fwhm_pix=template_fwhm_pix,
+            science_fwhm_pix=science_fwhm_pix,
+            science_detections=science_detections,
+            select_stars=select_stars,
+        )
 
     def getSelectSources(
         self,
