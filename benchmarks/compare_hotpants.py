@@ -60,8 +60,9 @@ from scipy import ndimage
 from diffim.config import ImagePsfMatchConfig
 from diffim.io import read_exposure
 from diffim.simulate import SimulatedPair, write_pair
+from diffim.stars import exposure_fwhm
 from diffim.stats import MAD_TO_SIGMA
-from diffim.task import ImagePsfMatchTask, exposure_fwhm
+from diffim.task import ImagePsfMatchTask
 
 BAD_PLANES = ["BAD", "SAT", "CR", "NO_DATA", "EDGE"]
 EMPTY_SKY_SIGMA = 0.05  # sky pixel: noise-free sources below this fraction of the noise

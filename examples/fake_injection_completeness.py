@@ -43,8 +43,8 @@ import diffim
 from diffim import Exposure, MaskedImage
 from diffim.decorrelate import decorrelate_difference, score_image
 from diffim.psf import PsfModel
+from diffim.results import ExposureSubtractResult
 from diffim.simulate import inject_point_sources
-from diffim.task import ExposureSubtractResult
 
 DEFAULT_OUT = Path("fake_injection_completeness-output")
 #: Injected S/N values (PSF-weighted flux over its noise in the difference image).

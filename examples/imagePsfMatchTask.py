@@ -38,13 +38,10 @@ import numpy as np
 import diffim
 from diffim import Exposure, ImagePsfMatchConfig, ImagePsfMatchTask, read_exposure
 from diffim.io import check_not_input
+from diffim.results import ExposureSubtractResult, MatchResult
 from diffim.simulate import SimulationTruth
-from diffim.task import (
-    ExposureSubtractResult,
-    MatchResult,
-    choose_convolve_template,
-    exposure_fwhm,
-)
+from diffim.stars import exposure_fwhm
+from diffim.subtraction import choose_convolve_template
 
 log = logging.getLogger("imagePsfMatchTask")
 

@@ -13,7 +13,7 @@ from diffim.cli import main
 from diffim.config import ImagePsfMatchConfig
 from diffim.io import read_exposure
 from diffim.simulate import simulate_pair, write_pair
-from diffim.task import choose_convolve_template
+from diffim.subtraction import choose_convolve_template
 
 
 def run_subtract(paths, output, *options):

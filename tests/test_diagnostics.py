@@ -21,8 +21,8 @@ import diffim.diagnostics
 from diffim.candidates import CandidateStatus
 from diffim.diagnostics import _save, plot_subtraction, write_debug_plots
 from diffim.errors import DiffimError, DiffimValueError, DiffimWarning
+from diffim.results import MatchResult
 from diffim.simulate import simulate_pair
-from diffim.task import MatchResult
 
 
 @dataclass

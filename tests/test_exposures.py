@@ -13,7 +13,8 @@ import diffim.task
 from diffim.errors import DeconvolutionWarning, NotRegisteredError
 from diffim.image import Exposure
 from diffim.sources import detect_sources
-from diffim.task import ImagePsfMatchTask, exposure_fwhm
+from diffim.stars import exposure_fwhm
+from diffim.task import ImagePsfMatchTask
 
 ROUND_PSF = {
     "fwhm_gradient": (0.0, 0.0),

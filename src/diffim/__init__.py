@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from .image import BBox, Exposure, MaskedImage, MaskPlanes
     from .io import from_ccddata, read_exposure, to_ccddata, write_exposure
     from .simulate import simulate_pair
-    from .task import ImagePsfMatchTask, subtract
+    from .subtraction import subtract
+    from .task import ImagePsfMatchTask
 
 __all__ = [
     "BBox",
@@ -65,7 +66,7 @@ _LAZY_NAMES = {
     "write_exposure": "io",
     "simulate_pair": "simulate",
     "ImagePsfMatchTask": "task",
-    "subtract": "task",
+    "subtract": "subtraction",
 }
 #: Submodules reachable as attributes (``diffim.io``) without an explicit import.
 _SUBMODULES = frozenset(
@@ -84,10 +85,14 @@ _SUBMODULES = frozenset(
         "io",
         "progress",
         "psf",
+        "results",
         "simulate",
         "solve",
         "sources",
         "spatial",
+        "stars",
+        "stats",
+        "subtraction",
         "task",
         "warp",
     }

@@ -192,7 +192,7 @@ def subtract_pair(
         `SUMMARY_COLUMNS` but ``index``: status ``"ok"`` or ``"failed"``, error as
         ``"Type: message"``, runtime in seconds, QA numbers, and the warnings issued.
     """
-    from .task import subtract  # lazy: CLI start-up
+    from .subtraction import subtract  # lazy: CLI start-up
 
     keep_freed_memory()  # this runs in a worker process of our own
     row: dict[str, Any] = {"science": science, "template": template, "output": output}
@@ -617,7 +617,7 @@ def _map_tiles(
 
 def _stitch(science: Exposure, results: list[TileResult], psf: Any, bad: Any) -> Exposure:
     """Assemble the tile interiors into a difference exposure with the science metadata."""
-    from .task import difference_statistics  # lazy: CLI start-up
+    from .stats import difference_statistics
 
     first = results[0].difference
     image, mask = np.empty(science.shape, first.dtype), np.empty(science.shape, first.mask.dtype)
@@ -694,12 +694,9 @@ def subtract_tiled(
     DiffimWarning
         Once per category that some tiles issued, naming those tiles.
     """
-    from .task import (  # lazy: CLI start-up
-        ImagePsfMatchTask,
-        as_exposure,
-        choose_convolve_template,
-        exposure_fwhm,
-    )
+    from .stars import exposure_fwhm
+    from .subtraction import as_exposure, choose_convolve_template
+    from .task import ImagePsfMatchTask  # lazy: CLI start-up
 
     config = ImagePsfMatchConfig() if config is None else copy.deepcopy(config)
     if overrides:

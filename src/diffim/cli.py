@@ -239,7 +239,7 @@ def _summary(result: Any) -> str:
 
 def _run_subtract(args: argparse.Namespace) -> int:
     from .io import check_not_input, read_exposure
-    from .task import subtract
+    from .subtraction import subtract
 
     for output in (args.output, args.matched, args.kernel, args.background, args.png, args.score):
         if output:
@@ -370,7 +370,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     log.info(
         "simulated a %d x %d pair in %.2f s", args.size, args.size, time.perf_counter() - started
     )
-    from .task import subtract
+    from .subtraction import subtract
 
     config = ImagePsfMatchConfig()
     result = subtract(pair.science, pair.template, config=config)
