@@ -108,6 +108,7 @@ def _correlate_valid_tiled(
     out: np.ndarray,
     weights: Sequence[_Weight] | None,
     workers: int,
+    x_groups: Sequence[int] | None = None,
 ) -> None:
     """Write the valid-region correlation of ``plane`` with every kernel into ``out``.
 
@@ -115,6 +116,12 @@ def _correlate_valid_tiled(
     ``out`` (shape ``(ny - 2c, nx - 2c)``) receives ``sum_m fx_m gy_m (plane ⋆ k_m)``;
     without, ``out[m]`` receives ``plane ⋆ k_m``.  Overlap-save: each tile's block of
     ``step + 2c`` pixels is transformed once; its first ``step`` circular outputs are exact.
+
+    Kernels with the same ``x_groups`` key must share their ``fx``.  The inverse transform
+    is then split: the column pass runs per kernel and is weighted by ``gy`` (a function
+    of the row alone, it commutes with the row pass), and the row pass runs once per group
+    on the summed columns before ``fx`` weights it: 15 variance terms of an order-2 kernel
+    need 5 row passes instead of 15.
     """
     c = kernels.shape[-1] // 2
     n_valid_y, n_valid_x = plane.shape[0] - 2 * c, plane.shape[1] - 2 * c
@@ -128,6 +135,8 @@ def _correlate_valid_tiled(
     spectra = np.conj(scipy.fft.rfft2(kernels, s=fft_shape)).astype(complex_dtype)
     tiles = [(y, x) for y in range(0, n_valid_y, step_y) for x in range(0, n_valid_x, step_x)]
     fft_workers = workers if len(tiles) == 1 else 1
+    if weights is not None and x_groups is None:
+        x_groups = range(len(kernels))
 
     def one_tile(corner: tuple[int, int]) -> None:
         y0, x0 = corner
@@ -135,22 +144,31 @@ def _correlate_valid_tiled(
         block = plane[y0 : y0 + height + 2 * c, x0 : x0 + width + 2 * c]
         spectrum = scipy.fft.rfft2(block, s=fft_shape, workers=fft_workers)
         product = np.empty_like(spectrum)
-        total = None
+        if weights is None:
+            for m, kernel_spectrum in enumerate(spectra):
+                np.multiply(spectrum, kernel_spectrum, out=product)
+                result = scipy.fft.irfft2(product, s=fft_shape, workers=fft_workers)
+                out[m, y0 : y0 + height, x0 : x0 + width] = result[:height, :width]
+            return
+        columns: dict[int, np.ndarray] = {}  # per x group: rows inverted, columns not yet
         for m, kernel_spectrum in enumerate(spectra):
             np.multiply(spectrum, kernel_spectrum, out=product)
-            result = scipy.fft.irfft2(product, s=fft_shape, workers=fft_workers)
-            result = result[:height, :width]
-            if weights is None:
-                out[m, y0 : y0 + height, x0 : x0 + width] = result
-                continue
-            fx, gy = weights[m]
-            if fx is not None:
-                result *= fx[x0 : x0 + width]
+            mixed = scipy.fft.ifft(product, axis=0, workers=fft_workers)[:height]
+            gy = weights[m][1]
             if gy is not None:
-                result *= gy[y0 : y0 + height, None]
+                mixed *= gy[y0 : y0 + height, None]
+            if x_groups[m] in columns:
+                columns[x_groups[m]] += mixed
+            else:
+                columns[x_groups[m]] = mixed
+        fx_of = {x_groups[m]: weights[m][0] for m in range(len(spectra))}
+        total = None
+        for group, mixed in columns.items():
+            result = scipy.fft.irfft(mixed, n=fft_x, axis=1, workers=fft_workers)[:, :width]
+            if fx_of[group] is not None:
+                result *= fx_of[group][x0 : x0 + width]
             total = result if total is None else np.add(total, result, out=total)
-        if total is not None:
-            out[y0 : y0 + height, x0 : x0 + width] = total
+        out[y0 : y0 + height, x0 : x0 + width] = total
 
     _run_threads(one_tile, tiles, workers)
 
@@ -462,7 +480,8 @@ def _spatial_correlate(
         tuple(None if np.all(f == 1.0) else f.astype(plane.dtype) for f in factors[m])
         for m in keep
     ]
-    _correlate_valid_tiled(plane, kernels[keep], out, weights, workers)
+    x_powers = [term_powers(function.order)[m][0] for m in keep]  # terms sharing f(x)
+    _correlate_valid_tiled(plane, kernels[keep], out, weights, workers, x_powers)
 
 
 def _interior(shape: tuple[int, int], c: int) -> tuple[slice, slice]:
