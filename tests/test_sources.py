@@ -1,4 +1,5 @@
-"""Tests of diffim.sources: detection, kernel-star selection and FWHM measurement.
+"""Tests of diffim.sources and diffim.fwhm: detection, kernel-star selection and FWHM
+measurement.
 
 The images are rendered here (not with diffim.simulate) so that the truth is explicit:
 Gaussian stars are integrated exactly over each pixel with erf, Moffat stars by 11x11
@@ -11,16 +12,12 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from diffim import fwhm as profile_fits
 from diffim import sources
 from diffim.errors import DiffimValueError, InsufficientKernelSourcesError, MaskedPixelsWarning
+from diffim.fwhm import measure_fwhm, measure_fwhm_forced
 from diffim.image import MaskedImage
-from diffim.sources import (
-    REJECT_REASONS,
-    detect_sources,
-    measure_fwhm,
-    measure_fwhm_forced,
-    select_kernel_sources,
-)
+from diffim.sources import REJECT_REASONS, detect_sources, select_kernel_sources
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 SKY = 100.0
@@ -361,12 +358,12 @@ def test_profile_derivatives_match_finite_differences(inverse_beta):
     offsets = np.arange(-6.0, 7.0)
     py, px = (grid.ravel()[None, :] for grid in np.meshgrid(offsets, offsets, indexing="ij"))
     params = np.array([[0.3, -0.2, 3.5, inverse_beta]])
-    _, jacobian = sources._profile_terms(params, px, py, jacobian=True)
+    _, jacobian = profile_fits._profile_terms(params, px, py, jacobian=True)
     for k, step in enumerate([1e-5, 1e-5, 1e-5, 1e-7]):
         shifted = [params.copy(), params.copy()]
         shifted[0][0, k] += step
         shifted[1][0, k] -= step
-        models = [sources._profile_terms(p, px, py, jacobian=False)[0] for p in shifted]
+        models = [profile_fits._profile_terms(p, px, py, jacobian=False)[0] for p in shifted]
         numerical = (models[0] - models[1]) / (2 * step)
         np.testing.assert_allclose(jacobian[..., k], numerical, rtol=1e-4, atol=1e-7)
 
@@ -381,7 +378,7 @@ def test_measure_fwhm_reuses_given_detections(gaussian_field, monkeypatch):
     def no_detection(*args, **kwargs):
         raise AssertionError("detected again")
 
-    monkeypatch.setattr(sources, "detect_sources", no_detection)
+    monkeypatch.setattr(profile_fits, "detect_sources", no_detection)
     assert measure_fwhm(image, detections=detections) == pytest.approx(expected, rel=1e-9)
 
 
@@ -430,9 +427,9 @@ def test_forced_fwhm_skips_saturated_masked_and_missing_stars(reference_stars):
         fitted.extend(zip(x, y, result[1], strict=True))
         return result
 
-    fit = sources._fit_fwhm
+    fit = profile_fits._fit_fwhm
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sources, "_fit_fwhm", recording_fit)
+        patch.setattr(profile_fits, "_fit_fwhm", recording_fit)
         fwhm = measure_fwhm_forced(image, selected, fwhm_pix=4.0, saturation=SATURATION)
     assert fwhm == pytest.approx(3.0, rel=0.03)
 
@@ -442,7 +439,7 @@ def test_forced_fwhm_skips_saturated_masked_and_missing_stars(reference_stars):
     for k in (*order[:3], order[6]):  # saturated, masked: never fitted
         assert fits_at(k) == []
     for k in order[3:6]:  # missing: fitted on noise, dropped by the S/N test
-        assert all(not snr >= sources.MIN_FORCED_SNR for snr in fits_at(k))
+        assert all(not snr >= profile_fits.MIN_FORCED_SNR for snr in fits_at(k))
     assert sum(len(fits_at(k)) for k in order[3:6]) > 0
     flat = make_image(np.zeros((0, 3)), profile=gaussian(3.0), seed=18)
     with pytest.raises(InsufficientKernelSourcesError, match="0 usable kernel stars"):

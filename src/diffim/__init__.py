@@ -81,6 +81,7 @@ _SUBMODULES = frozenset(
         "diagnostics",
         "errors",
         "fit",
+        "fwhm",
         "image",
         "io",
         "progress",

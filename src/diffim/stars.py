@@ -15,15 +15,9 @@ from typing import TYPE_CHECKING
 
 from .config import ImagePsfMatchConfig
 from .errors import InsufficientKernelSourcesError
+from .fwhm import FIT_STAMP_FWHM, measure_fwhm, measure_fwhm_forced
 from .image import Exposure
-from .sources import (
-    FIT_STAMP_FWHM,
-    FWHM_PER_SIGMA,
-    detect_sources,
-    measure_fwhm,
-    measure_fwhm_forced,
-    select_kernel_sources,
-)
+from .sources import FWHM_PER_SIGMA, detect_sources, select_kernel_sources
 
 if TYPE_CHECKING:  # astropy.table costs ~0.1 s to import
     from astropy.table import Table
@@ -183,7 +177,7 @@ def exposure_fwhm(
     stars, fwhm_guess : optional
         Stars found on another image of the same pixel grid (e.g. the science stars, for the
         warped template) and that image's FWHM (pixels): the FWHM is then measured at their
-        positions (`diffim.sources.measure_fwhm_forced`), without a detection.
+        positions (`diffim.fwhm.measure_fwhm_forced`), without a detection.
 
     Either way, should too few stars give a profile fit, the exposure is detected again
     at `measure_fwhm`'s own threshold.

@@ -599,9 +599,7 @@ class ImagePsfMatchTask:
     def getFwhmPix(self, psf: Any, position: tuple[float, float] | None = None) -> float:
         """Return the FWHM in pixels of a PSF model at ``position`` (default: its centre)."""
         if psf is None:
-            msg = (
-                "no PSF model given; measure the FWHM from stars with diffim.sources.measure_fwhm"
-            )
+            msg = "no PSF model given; measure the FWHM from stars with diffim.fwhm.measure_fwhm"
             raise DiffimValueError(msg)
         return float(psf.fwhm() if position is None else psf.fwhm(*position))
 
