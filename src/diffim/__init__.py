@@ -81,6 +81,7 @@ _SUBMODULES = frozenset(
         "diagnostics",
         "errors",
         "fit",
+        "fitswcs",
         "fwhm",
         "image",
         "io",

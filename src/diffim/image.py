@@ -456,7 +456,7 @@ class LazyWcs:
     `Exposure` stores one in place of its ``wcs`` and builds it when ``wcs`` is first read,
     so that an aligned pair whose WCS cards are identical never builds a WCS (importing
     ``astropy.wcs`` takes ~0.3 s).  Subclasses are immutable and implement `build` and
-    `same_grid`; `diffim.io.HeaderWcs` is the one made when reading FITS files.
+    `same_grid`; `diffim.fitswcs.HeaderWcs` is the one made when reading FITS files.
     """
 
     __slots__ = ()
