@@ -318,7 +318,9 @@ class MaskedImage:
         DiffimValueError
             If ``bbox`` is not entirely inside this image.
         """
-        if not self.bbox.contains(bbox) or bbox.is_empty:
+        (x0, y0), (ny, nx) = self.xy0, self.image.shape
+        inside = x0 <= bbox.x_min and bbox.x_max < x0 + nx and y0 <= bbox.y_min
+        if not (inside and bbox.y_max < y0 + ny) or bbox.is_empty:
             msg = f"sub-image box {bbox} is empty or not inside the image box {self.bbox}"
             raise DiffimValueError(msg)
         rows, cols = bbox.slices(self.xy0)

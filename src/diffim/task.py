@@ -300,14 +300,15 @@ class ImagePsfMatchTask:
         half_width = self.stamp_half_width(kernel_size)
         min_fit_side = int(np.ceil(np.sqrt(MIN_PIXELS_PER_PARAMETER * n_parameters)))
         min_half_width = min(half_width, kernel_size // 2 + (min_fit_side + 1) // 2)
-        cell_set = SpatialCellSet(template.bbox, cfg.sizeCellX, cfg.sizeCellY)
+        image_box = template.bbox
+        cell_set = SpatialCellSet(image_box, cfg.sizeCellX, cfg.sizeCellY)
         dropped = {"outside": 0, "edge": 0, "masked": 0, "no signal": 0}
         n_inserted = 0  # len(cell_set) counts every cell's candidates: slow inside the loop
         for x, y in positions:
-            if not template.bbox.contains_point(x, y):
+            if not image_box.contains_point(x, y):
                 dropped["outside"] += 1
                 continue
-            box = stamp_box(x, y, half_width, template.bbox)
+            box = stamp_box(x, y, half_width, image_box)
             if box.is_empty or box.width // 2 < min_half_width:
                 dropped["edge"] += 1
                 continue
