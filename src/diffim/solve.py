@@ -175,29 +175,43 @@ def eigen_solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """
     matrices = np.asarray(matrices)
     single = vectors.ndim == matrices.ndim - 1
-    rhs = vectors[..., None] if single else vectors
-    # Jacobi scaling (unit diagonal) keeps columns of very different norms (pixel values,
-    # the background's ones) from costing precision in the decomposition
+    scale, scaled, rhs = _unit_diagonal(matrices, vectors[..., None] if single else vectors)
+    solution = scale[..., None] * _pseudo_inverse_solve(scaled, rhs)
+    return solution[..., 0] if single else solution
+
+
+def _unit_diagonal(
+    matrices: np.ndarray, rhs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Jacobi scaling: ``(s, S M S, S b)`` with ``S = diag(s)`` giving a unit diagonal.
+
+    It keeps columns of very different norms (pixel values, the background's ones) from
+    costing precision in a decomposition; the solution of the scaled system times ``s``
+    solves the original one.
+    """
     diagonal = np.diagonal(matrices, axis1=-2, axis2=-1)
     scale = 1.0 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0))
-    matrices = matrices * scale[..., :, None] * scale[..., None, :]
-    rhs = rhs * scale[..., None]
+    return scale, matrices * scale[..., :, None] * scale[..., None, :], rhs * scale[..., None]
+
+
+def _pseudo_inverse_solve(matrices: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve ``(..., n, n)`` systems by the eigen pseudo-inverse, dropping eigenvalues below
+    ``n · eps · max|eigenvalue|``."""
     eigenvalues, eigenvectors = np.linalg.eigh(matrices)
     magnitude = np.abs(eigenvalues)
     keep = magnitude > matrices.shape[-1] * np.finfo(float).eps * magnitude.max(-1, keepdims=True)
     inverse = np.divide(1.0, eigenvalues, out=np.zeros_like(eigenvalues), where=keep)
     projected = np.swapaxes(eigenvectors, -1, -2) @ rhs
-    solution = scale[..., None] * (eigenvectors @ (projected * inverse[..., None]))
-    return solution[..., 0] if single else solution
+    return eigenvectors @ (projected * inverse[..., None])
 
 
 def batch_solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """Solve a batch of symmetric positive semi-definite systems, each as spec §3.7 says.
 
-    Each system is scaled to a unit diagonal (as in `eigen_solve`) and factorised
-    (Cholesky); one whose pivots are all above ``n · eps · max(pivot)`` is invertible and
-    solved directly, any other (or every one, if a factorisation fails) by the
-    eigen-decomposition pseudo-inverse of `eigen_solve`.  For 636 systems of 28 unknowns
+    Each system is scaled to a unit diagonal and factorised (Cholesky); one whose pivots
+    are all above ``n · eps · max(pivot)`` is invertible and solved directly, any other (or
+    every one, if a factorisation fails) by the eigen-decomposition pseudo-inverse of
+    `eigen_solve`.  For 636 systems of 28 unknowns
     this takes 14 ms instead of the 60 ms of the eigen-decomposition.
 
     Parameters
@@ -212,10 +226,7 @@ def batch_solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     numpy.ndarray, shape (n_systems, n, k)
         The solutions.
     """
-    diagonal = np.diagonal(matrices, axis1=-2, axis2=-1)
-    scale = 1.0 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0))
-    scaled = matrices * scale[:, :, None] * scale[:, None, :]
-    rhs = vectors * scale[:, :, None]
+    scale, scaled, rhs = _unit_diagonal(matrices, vectors)
     try:
         pivots = np.diagonal(np.linalg.cholesky(scaled), axis1=-2, axis2=-1) ** 2
     except np.linalg.LinAlgError:  # some system is not positive definite
@@ -227,7 +238,7 @@ def batch_solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     if invertible.any():
         solution[invertible] = np.linalg.solve(scaled[invertible], rhs[invertible])
     if not invertible.all():
-        solution[~invertible] = eigen_solve(scaled[~invertible], rhs[~invertible])
+        solution[~invertible] = _pseudo_inverse_solve(scaled[~invertible], rhs[~invertible])
     return solution * scale[:, :, None]
 
 
@@ -242,10 +253,9 @@ def condition_number(matrix: np.ndarray, kind: ConditionNumberType = "EIGENVALUE
 
 def _weights(candidate: KernelCandidate, constant_variance_weighting: bool) -> np.ndarray | float:
     """Return the inverse-variance weights of a candidate's stamp (spec §3.6 steps 1-2)."""
-    variance = candidate.science.variance + candidate.template.variance
     if constant_variance_weighting:
-        median = float(np.median(variance))
-        return 1.0 / median if median > 0 else 1.0
+        return float(_median_weights([candidate])[0])
+    variance = candidate.science.variance + candidate.template.variance
     if np.any(variance < 0):
         msg = f"candidate {candidate.candidate_id}: variance less than 0.0 in its stamp"
         raise KernelSolutionError(msg)
@@ -259,7 +269,8 @@ def _weights(candidate: KernelCandidate, constant_variance_weighting: bool) -> n
 
 
 def _median_weights(batch: Sequence[KernelCandidate]) -> np.ndarray:
-    """`_weights` with constant variance weighting for a batch of same-shape stamps, at once."""
+    """One weight per stamp, ``1 / median(var_science + var_template)`` (1 where that median
+    is not positive), for a batch of same-shape stamps at once."""
     variance = np.stack([c.science.variance for c in batch])
     variance += np.stack([c.template.variance for c in batch])
     medians = np.median(variance.reshape(len(batch), -1), axis=1).astype(np.float64)
