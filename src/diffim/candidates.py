@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import DiffimValueError
 from .image import BBox, MaskedImage
-from .stats import MAD_TO_SIGMA
+from .stats import MAD_TO_SIGMA, normalized_pixels
 
 __all__ = [
     "CandidateStatus",
@@ -181,14 +181,11 @@ def candidate_rating(science: MaskedImage, bad_mask_bits: int, core_radius: int)
     ny, nx = science.shape
     rows = slice(max(ny // 2 - core_radius, 0), ny // 2 + core_radius + 1)
     cols = slice(max(nx // 2 - core_radius, 0), nx // 2 + core_radius + 1)
-    image, variance = science.image[rows, cols], science.variance[rows, cols]
-    good = (science.mask[rows, cols] & bad_mask_bits) == 0
-    good &= np.isfinite(image)
-    good &= variance > 0  # False for nan
-    good &= np.isfinite(variance)
-    if not good.any():
-        return float("nan")
-    return float(np.mean(image[good] / np.sqrt(variance[good])))
+    values, _ = normalized_pixels(
+        science.image[rows, cols], science.variance[rows, cols], science.mask[rows, cols],
+        bad_mask_bits,
+    )  # fmt: skip
+    return float(np.mean(values)) if values.size else float("nan")
 
 
 def remove_sky_slope(stamp: MaskedImage, inner_radius: float) -> MaskedImage:

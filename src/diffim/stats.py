@@ -17,7 +17,13 @@ import numpy as np
 if TYPE_CHECKING:
     from .image import MaskedImage
 
-__all__ = ["IQR_TO_SIGMA", "MAD_TO_SIGMA", "clipped_mean_std", "difference_statistics"]
+__all__ = [
+    "IQR_TO_SIGMA",
+    "MAD_TO_SIGMA",
+    "clipped_mean_std",
+    "difference_statistics",
+    "normalized_pixels",
+]
 
 #: ``1 / Φ⁻¹(3/4)``: the standard deviation of a Gaussian per unit median absolute deviation.
 MAD_TO_SIGMA = 1.482602218505602
@@ -57,6 +63,28 @@ def clipped_mean_std(
     return mean, std
 
 
+def normalized_pixels(
+    image: np.ndarray, variance: np.ndarray, mask: np.ndarray, bad_bits: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``image / sqrt(variance)`` on the usable pixels, and where those are.
+
+    A pixel is usable when none of ``bad_bits`` is set in ``mask``, its value is finite
+    and its variance finite and positive.
+
+    Returns
+    -------
+    values : numpy.ndarray, 1-d
+        The normalized values (a new array, in the image's precision).
+    good : numpy.ndarray of bool
+        The usable pixels, shaped like ``image``.
+    """
+    good = (mask & bad_bits) == 0
+    good &= np.isfinite(image)
+    good &= variance > 0  # False for nan
+    good &= np.isfinite(variance)
+    return image[good] / np.sqrt(variance[good]), good
+
+
 def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str]) -> dict:
     """Return robust statistics of ``D / sqrt(var)`` over the usable pixels of a difference.
 
@@ -69,12 +97,9 @@ def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str
     bad_bits = difference.bitmask([*bad_mask_planes, "NO_DATA", "EDGE"])
     step = max(1, math.isqrt(difference.image.size // STATISTICS_MAX_PIXELS))
     grid = (slice(None, None, step), slice(None, None, step))
-    image, variance = difference.image[grid], difference.variance[grid]
-    good = (difference.mask[grid] & bad_bits) == 0
-    good &= variance > 0  # False for nan
-    good &= np.isfinite(variance)
-    good &= np.isfinite(image)
-    values = image[good] / np.sqrt(variance[good])
+    values, good = normalized_pixels(
+        difference.image[grid], difference.variance[grid], difference.mask[grid], bad_bits
+    )
     if values.size == 0:
         return {
             "diffimResidualMedian": float("nan"),
