@@ -137,6 +137,7 @@ def _correlate_valid_tiled(
     fft_workers = workers if len(tiles) == 1 else 1
     if weights is not None and x_groups is None:
         x_groups = range(len(kernels))
+    fx_of = {} if weights is None else {x_groups[m]: weights[m][0] for m in range(len(kernels))}
 
     def one_tile(corner: tuple[int, int]) -> None:
         y0, x0 = corner
@@ -161,7 +162,6 @@ def _correlate_valid_tiled(
                 columns[x_groups[m]] += mixed
             else:
                 columns[x_groups[m]] = mixed
-        fx_of = {x_groups[m]: weights[m][0] for m in range(len(spectra))}
         total = None
         for group, mixed in columns.items():
             result = scipy.fft.irfft(mixed, n=fft_x, axis=1, workers=fft_workers)[:, :width]
