@@ -426,9 +426,11 @@ class ImagePsfMatchTask:
             max_condition_number=cfg.maxConditionNumber,
         )
 
-    def _diagnose(self, fit: FitResult, settings: FitSettings, bbox: BBox) -> None:
+    def _diagnose(self, fit: FitResult, settings: FitSettings, sums: np.ndarray) -> None:
         """Refuse a kernel whose sum (the flux ratio) is not positive everywhere; warn when
         the spatial system is ill-conditioned or has too few good candidates (spec §3.11).
+
+        ``sums`` is the kernel sum on the `KERNEL_SUM_GRID` grid over the image.
 
         Raises
         ------
@@ -436,7 +438,6 @@ class ImagePsfMatchTask:
             If the spatial kernel's sum is zero or negative somewhere on the image: the
             two images cannot show the same stars (different fields, a wrong WCS).
         """
-        sums = _kernel_sums_on_grid(fit.solution.kernel, bbox)
         if not np.all(sums > 0):
             msg = (
                 f"the fitted PSF-matching kernel has a sum (flux ratio) of {sums.min():.3g} to "
@@ -478,11 +479,11 @@ class ImagePsfMatchTask:
         cell_set: SpatialCellSet,
         dropped: dict[str, int],
         timings: dict[str, float],
+        sums: np.ndarray,
     ) -> dict[str, Any]:
         kernel = fit.solution.kernel
         bbox = cell_set.bbox
         x_center, y_center = bbox.center
-        sums = _kernel_sums_on_grid(kernel, bbox)
         status = cell_set.status_counts()
         metadata: dict[str, Any] = {
             "diffimVersion": __version__,
@@ -579,7 +580,8 @@ class ImagePsfMatchTask:
         timings = {"candidates": time.perf_counter() - started}
         settings = self._fit_settings(science, len(cell_set))
         fit = fit_spatial_kernel(cell_set, basis.kernels, settings, self._regularization())
-        self._diagnose(fit, settings, cell_set.bbox)
+        sums = _kernel_sums_on_grid(fit.solution.kernel, cell_set.bbox)
+        self._diagnose(fit, settings, sums)
         timings["fit"] = time.perf_counter() - started - timings["candidates"]
         convolve_start = time.perf_counter()
         matched = convolve_masked_image(template, fit.solution.kernel)
@@ -594,7 +596,7 @@ class ImagePsfMatchTask:
             psfMatchingKernel=fit.solution.kernel,
             backgroundModel=fit.solution.background,
             kernelCellSet=cell_set,
-            metadata=self._metadata(basis, fit, cell_set, dropped, timings),
+            metadata=self._metadata(basis, fit, cell_set, dropped, timings, sums),
         )
 
     def getFwhmPix(self, psf: Any, position: tuple[float, float] | None = None) -> float:
