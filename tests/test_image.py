@@ -81,6 +81,17 @@ def test_subtract_adds_variances_and_ors_masks():
     np.testing.assert_array_equal(total.variance, first.variance + second.variance)
 
 
+def test_subtract_into_writes_the_difference_into_the_other_image():
+    first, second = make_masked_image(1), make_masked_image(2)
+    expected = first - second
+    before = first.copy()
+    result = first.subtract_into(second)
+    assert result is second
+    for plane in ("image", "mask", "variance"):
+        np.testing.assert_array_equal(getattr(result, plane), getattr(expected, plane))
+        np.testing.assert_array_equal(getattr(first, plane), getattr(before, plane))
+
+
 def test_operators_leave_operands_unchanged():
     first, second = make_masked_image(1), make_masked_image(2)
     before = first.copy()

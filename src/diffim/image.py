@@ -318,9 +318,7 @@ class MaskedImage:
         DiffimValueError
             If ``bbox`` is not entirely inside this image.
         """
-        (x0, y0), (ny, nx) = self.xy0, self.image.shape
-        inside = x0 <= bbox.x_min and bbox.x_max < x0 + nx and y0 <= bbox.y_min
-        if not (inside and bbox.y_max < y0 + ny) or bbox.is_empty:
+        if not self.bbox.contains(bbox) or bbox.is_empty:
             msg = f"sub-image box {bbox} is empty or not inside the image box {self.bbox}"
             raise DiffimValueError(msg)
         rows, cols = bbox.slices(self.xy0)
@@ -429,6 +427,18 @@ class MaskedImage:
             xy0=self.xy0,
             planes=planes,
         )
+
+    def subtract_into(self, other: MaskedImage) -> MaskedImage:
+        """Write ``self - other`` into ``other``'s own planes and return ``other``.
+
+        The same pixels, variance and mask as ``self - other``, without allocating a new
+        image: for a ``other`` that is no longer needed (e.g. a matched template).
+        """
+        other.planes = self._check_compatible(other)
+        np.subtract(self.image, other.image, out=other.image)
+        other.variance += self.variance
+        other.mask |= self.mask
+        return other
 
     def __sub__(self, other: MaskedImage | float) -> MaskedImage:
         return self._combined(other, np.subtract)

@@ -92,16 +92,6 @@ def _kernel_sums_on_grid(kernel: SpatialKernel, bbox: BBox) -> np.ndarray:
     return kernel.sum_at(*np.meshgrid(grid_x, grid_y))
 
 
-def _rsub(match: ExposureMatchResult, science: MaskedImage) -> MaskedImage:
-    """``science - matched`` written into the matched image's planes (which it returns)."""
-    matched = match.matchedImage
-    matched.planes = science.planes.merged(matched.planes)
-    np.subtract(science.image, matched.image, out=matched.image)
-    matched.variance += science.variance
-    matched.mask |= science.mask
-    return matched
-
-
 def _positions(candidate_list: Any) -> np.ndarray:
     """Return the ``(n, 2)`` parent ``(x, y)`` positions of a candidate list."""
     columns = getattr(candidate_list, "colnames", None)
@@ -898,7 +888,10 @@ class ImagePsfMatchTask:
         science = scienceExposure.masked_image
         matched = match.matchedImage if keep_matched else None
         if convolveTemplate:
-            difference = science - match.matchedImage if keep_matched else _rsub(match, science)
+            if keep_matched:
+                difference = science - match.matchedImage
+            else:
+                difference = science.subtract_into(match.matchedImage)
             match.backgroundModel.add_to(difference.image, science.bbox, scale=-1.0)
         else:
             difference = match.matchedImage.copy() if keep_matched else match.matchedImage
