@@ -61,7 +61,7 @@ from diffim.config import ImagePsfMatchConfig
 from diffim.io import read_exposure
 from diffim.simulate import SimulatedPair, write_pair
 from diffim.stars import exposure_fwhm
-from diffim.stats import MAD_TO_SIGMA
+from diffim.stats import median_robust_std
 from diffim.task import ImagePsfMatchTask
 
 BAD_PLANES = ["BAD", "SAT", "CR", "NO_DATA", "EDGE"]
@@ -324,19 +324,13 @@ def read_hotpants(work: Path) -> Difference:
     return Difference(image, sigma, bad, float(header.get("KSUM00", np.nan)))
 
 
-def robust(values: np.ndarray) -> tuple[float, float]:
-    """Return the median and the robust std (1.4826 MAD) of ``values``."""
-    center = float(np.median(values))
-    return center, MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
-
-
 def quality(diff: Difference, valid: np.ndarray, truth: Truth) -> dict[str, float]:
     """Return the quality numbers of one difference over the common ``valid`` pixels."""
     with np.errstate(divide="ignore", invalid="ignore"):
         normalized = diff.image / diff.sigma
     sky = valid & truth.empty_sky
-    sky_median, sky_std = robust(normalized[sky])
-    _, sky_adu_std = robust(diff.image[sky])
+    sky_median, sky_std = median_robust_std(normalized[sky])
+    _, sky_adu_std = median_robust_std(diff.image[sky])
     outliers = valid & ~truth.near_variable & (np.abs(normalized) > DETECTION_SIGMA)
     _, n_groups = ndimage.label(outliers, structure=np.ones((3, 3)))
     peaks = ndimage.maximum_filter(np.where(valid, normalized, 0.0), size=5)

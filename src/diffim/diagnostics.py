@@ -27,7 +27,7 @@ from .config import ImagePsfMatchConfig
 from .errors import DiffimError, DiffimValueError
 from .image import BBox, MaskedImage
 from .spatial import SpatialKernel
-from .stats import MAD_TO_SIGMA
+from .stats import median_robust_std, sampling_step
 
 __all__ = ["plot_subtraction", "write_debug_plots"]
 
@@ -65,7 +65,7 @@ KERNEL_SUM_GRID = 128
 HISTOGRAM_BINS = 40
 #: Two-sided probability that a standard normal variable lies beyond 5.
 GAUSSIAN_TAIL_5SIGMA = math.erfc(5.0 / math.sqrt(2.0))
-#: Most pixels used to estimate a stretch (a regular subsample of larger images).
+#: Pixels used to estimate a stretch: larger images are sampled on a regular grid of >= this.
 STRETCH_SAMPLE = 1_000_000
 
 
@@ -100,8 +100,8 @@ def _save(figure: Any, path: str | os.PathLike) -> Path:
 
 
 def _sample(image: np.ndarray) -> np.ndarray:
-    """Return the finite values of a regular subsample of at most ~STRETCH_SAMPLE pixels."""
-    step = max(1, int(math.sqrt(image.size / STRETCH_SAMPLE)))
+    """Return the finite values of a regular subsample of at least STRETCH_SAMPLE pixels."""
+    step = sampling_step(image.size, STRETCH_SAMPLE)
     values = image[::step, ::step]
     return values[np.isfinite(values)]
 
@@ -116,8 +116,8 @@ def _asinh_norm(mpl: Any, image: np.ndarray) -> tuple[float, Any]:
     values = _sample(image)
     if values.size == 0:
         return 0.0, mpl.colors.AsinhNorm(linear_width=1.0, vmin=-1.0, vmax=1.0)
-    median = float(np.median(values))
-    noise = MAD_TO_SIGMA * float(np.median(np.abs(values - median))) or float(np.std(values))
+    median, noise = median_robust_std(values)
+    noise = noise or float(np.std(values))
     noise = noise or 1.0
     top = float(np.percentile(values, 99.9)) - median
     vmax = max(top, 30.0 * noise)
@@ -561,8 +561,7 @@ def _plot_candidates(mpl: Any, science: MaskedImage, cell_set: Any) -> Any:
 
 def _residual_summary(values: np.ndarray) -> str:
     """Text block: mean, std, robust std and the fraction beyond 5σ against N(0, 1)."""
-    median = float(np.median(values))
-    robust = MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
+    _, robust = median_robust_std(values)
     beyond = float(np.mean(np.abs(values) > 5.0))
     expected = GAUSSIAN_TAIL_5SIGMA
     return (

@@ -22,7 +22,9 @@ __all__ = [
     "MAD_TO_SIGMA",
     "clipped_mean_std",
     "difference_statistics",
+    "median_robust_std",
     "normalized_pixels",
+    "sampling_step",
 ]
 
 #: ``1 / Φ⁻¹(3/4)``: the standard deviation of a Gaussian per unit median absolute deviation.
@@ -63,6 +65,27 @@ def clipped_mean_std(
     return mean, std
 
 
+def sampling_step(n_pixels: int, n_sample: int) -> int:
+    """Return the step ``k`` of the regular grid (every ``k``-th pixel of every ``k``-th
+    row) that keeps at least ``n_sample`` of an image's ``n_pixels`` (1 for smaller images)."""
+    return max(1, math.isqrt(n_pixels // n_sample))
+
+
+def median_robust_std(values: np.ndarray, *, overwrite_input: bool = False) -> tuple[float, float]:
+    """Return the median of a non-empty sample and its robust std, ``MAD_TO_SIGMA · MAD``.
+
+    With ``overwrite_input`` the sample's own memory is used for the deviations (its
+    values are then lost), which saves a copy of millions of pixels.
+    """
+    median = float(np.median(values, overwrite_input=overwrite_input))
+    if overwrite_input:
+        values -= median
+        deviations = np.abs(values, out=values)
+    else:
+        deviations = np.abs(values - median)
+    return median, MAD_TO_SIGMA * float(np.median(deviations, overwrite_input=True))
+
+
 def normalized_pixels(
     image: np.ndarray, variance: np.ndarray, mask: np.ndarray, bad_bits: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +118,7 @@ def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str
     then precise to ~0.1% and cost a quarter of the time on 2048² (0.04 s instead of 0.15).
     """
     bad_bits = difference.bitmask([*bad_mask_planes, "NO_DATA", "EDGE"])
-    step = max(1, math.isqrt(difference.image.size // STATISTICS_MAX_PIXELS))
+    step = sampling_step(difference.image.size, STATISTICS_MAX_PIXELS)
     grid = (slice(None, None, step), slice(None, None, step))
     values, good = normalized_pixels(
         difference.image[grid], difference.variance[grid], difference.mask[grid], bad_bits
@@ -106,11 +129,9 @@ def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str
             "diffimResidualRobustStd": float("nan"),
             "diffimGoodPixelFraction": 0.0,
         }
-    median = float(np.median(values, overwrite_input=True))
-    values -= median
-    mad = float(np.median(np.abs(values, out=values), overwrite_input=True))
+    median, robust_std = median_robust_std(values, overwrite_input=True)
     return {
         "diffimResidualMedian": median,
-        "diffimResidualRobustStd": MAD_TO_SIGMA * mad,
+        "diffimResidualRobustStd": robust_std,
         "diffimGoodPixelFraction": float(good.mean()),
     }
