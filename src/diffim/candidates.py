@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import DiffimValueError
 from .image import BBox, MaskedImage
-from .stats import MAD_TO_SIGMA, normalized_pixels
+from .stats import median_robust_std, normalized_pixels
 
 __all__ = [
     "CandidateStatus",
@@ -231,7 +231,7 @@ def remove_sky_slope(stamp: MaskedImage, inner_radius: float) -> MaskedImage:
     for _ in range(SKY_SLOPE_ITERATIONS):
         plane, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
         residuals = values - design @ plane
-        spread = MAD_TO_SIGMA * np.median(np.abs(residuals[keep] - np.median(residuals[keep])))
+        _, spread = median_robust_std(residuals[keep])
         # a noise-free sky has zero spread: keep what the plane fits to rounding
         tolerance = max(SKY_SLOPE_CLIP * spread, 1e-9 * np.max(np.abs(values)))
         keep = np.abs(residuals) <= tolerance

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .fitswcs import HeaderWcs, Notes, exposure_wcs_cards, header_wcs, shift_wcs
 from .image import DEFAULT_MASK_PLANES, MASK_DTYPE, Exposure, MaskedImage, MaskPlanes
-from .stats import MAD_TO_SIGMA
+from .stats import median_robust_std
 
 if TYPE_CHECKING:
     from astropy.nddata import CCDData
@@ -542,10 +542,8 @@ def _pixel_noise(image: np.ndarray, usable: np.ndarray) -> float:
     )
     if values.size == 0:
         return 0.0
-    # In place: the medians may reorder ``values``, which the MAD does not depend on.
-    values -= np.median(values, overwrite_input=True)
-    np.abs(values, out=values)
-    return float(MAD_TO_SIGMA * np.median(values, overwrite_input=True) / np.sqrt(2))
+    _, robust_std = median_robust_std(values, overwrite_input=True)  # a copy of its own
+    return float(robust_std / np.sqrt(2))
 
 
 def _estimate_variance(
