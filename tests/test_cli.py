@@ -101,6 +101,24 @@ def test_config_prints_a_loadable_file(tmp_path, capsys):
     assert config.kernel.active.kernelSize == 25
 
 
+def test_console_run_flushes_its_output_before_the_fast_exit():
+    """``run`` ends with ``os._exit``: everything printed must still reach the pipe."""
+    command = [sys.executable, "-m", "diffim.cli", "config", "--config", "kernelSize=25"]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert completed.returncode == 0
+    assert completed.stdout == _captured_config_text(["config", "--config", "kernelSize=25"])
+
+
+def _captured_config_text(argv):
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(argv) == 0
+    return buffer.getvalue()
+
+
 def test_simulate_writes_pair_and_truth(tmp_path):
     assert (
         main(

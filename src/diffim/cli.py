@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import warnings
@@ -413,26 +414,57 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``diffim`` command line; return the exit status."""
+    return _run_command(argv)[1]
+
+
+def _run_command(argv: list[str] | None) -> tuple[str, int]:
+    """Parse ``argv``, run its command; return the command's name and the exit status."""
     collect_cycles_less_often()  # before the parser: it imports astropy and numpy
     args = _parser().parse_args(argv)
     _setup_logging(args)
     keep_freed_memory()
     try:
-        return COMMANDS[args.command](args)
+        return args.command, COMMANDS[args.command](args)
     except BrokenPipeError:  # e.g. `diffim config | head`: the reader left, nothing is wrong
         sys.stderr.close()
-        return 0
+        return args.command, 0
     except (DiffimValueError, OSError) as error:
         if args.traceback:
             raise
         print(f"diffim: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return args.command, EXIT_BAD_INPUT
     except DiffimError as error:
         if args.traceback:
             raise
         print(f"diffim: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return args.command, EXIT_FAILED
+
+
+#: Commands that start no other process: their console run may end without the
+#: interpreter's teardown (see `run`).
+FAST_EXIT_COMMANDS = frozenset({"subtract", "simulate", "demo", "config"})
+
+
+def run() -> None:
+    """The ``diffim`` console script: run the command line and exit with its status.
+
+    A command that started no other process has written and closed its outputs when it
+    returns, so the process then ends with ``os._exit`` once logging and the standard
+    streams are flushed: the interpreter's teardown of numpy, scipy and astropy would
+    take 0.2-0.4 s more, a tenth of a 2048² subtraction.  ``batch`` (Dask workers) exits
+    normally.
+    """
+    command, status = _run_command(None)
+    if command not in FAST_EXIT_COMMANDS:
+        sys.exit(status)
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # the reader left, or stderr was closed
+        pass
+    os._exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
