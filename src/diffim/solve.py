@@ -375,16 +375,26 @@ def _dense_normal_equations(
     """
     n, n_basis = len(templates), basis.shape[0]
     design = correlate_valid_stack(templates, basis.astype(templates.dtype))
-    columns = design.reshape(n, n_basis, -1).transpose(0, 2, 1).astype(np.float64)
-    if fit_background:
-        ones = np.ones((*columns.shape[:2], 1), dtype=columns.dtype)
-        columns = np.concatenate([columns, ones], axis=2)
-    pixel_weights = np.broadcast_to(
-        weights[:, None] if weights.ndim == 1 else weights, columns.shape[:2]
-    )
-    weighted = columns * pixel_weights[:, :, None]
-    matrices = np.swapaxes(weighted, 1, 2) @ columns
-    vectors = np.einsum("npq,np->nq", weighted, data.reshape(n, -1))
+    columns = design.reshape(n, n_basis, -1).astype(np.float64)  # (n, n_basis, n_pix)
+    data = data.reshape(n, -1)
+    if weights.ndim == 1:  # one weight per candidate: scale the unweighted sums
+        weighted, scale = columns, weights[:, None]
+        pixel_weights = np.ones(data.shape[1])
+    else:
+        weighted, scale = columns * weights[:, None, :], np.ones((n, 1))
+        pixel_weights = weights
+    n_unknowns = n_basis + int(fit_background)
+    matrices = np.empty((n, n_unknowns, n_unknowns))
+    matrices[:, :n_basis, :n_basis] = weighted @ np.swapaxes(columns, 1, 2)
+    vectors = np.empty((n, n_unknowns))
+    vectors[:, :n_basis] = np.einsum("nkp,np->nk", weighted, data)
+    if fit_background:  # the constant column: sums of the weighted columns and data
+        matrices[:, :n_basis, n_basis] = weighted.sum(axis=2)
+        matrices[:, n_basis, :n_basis] = matrices[:, :n_basis, n_basis]
+        matrices[:, n_basis, n_basis] = np.broadcast_to(pixel_weights, data.shape).sum(axis=1)
+        vectors[:, n_basis] = (data * pixel_weights).sum(axis=1)
+    matrices *= scale[:, :, None]
+    vectors *= scale
     return matrices, vectors
 
 
