@@ -85,6 +85,29 @@ def test_noisy_kernel_sum_within_noise():
     assert std == pytest.approx(1.0, abs=0.1)
 
 
+def test_fit_model_is_the_template_convolved_with_the_kernel():
+    """A single-kernel fit keeps ``T ⋆ K`` from its design columns: it equals the template
+    stamp correlated with the kernel image, and the residual statistics computed from it
+    equal those that correlate the template again (float32 stamps: to 1e-5)."""
+    from diffim.convolve import correlate_valid_stack
+    from diffim.solve import residual_statistics_of
+
+    candidate, _ = make_candidate(2.0, 1.3, 25.0, noise_sigma=10.0, seed=4)
+    for plane in (candidate.template, candidate.science):
+        plane.image = plane.image.astype(np.float32)
+        plane.variance = plane.variance.astype(np.float32)
+    solution = build_single_kernel(candidate, basis_with_sigma(2.0), fit_background=True)
+    expected = correlate_valid_stack(candidate.template.image, solution.kernel_image[None])[0]
+    model = solution.convolved_template
+    assert model.shape == expected.shape
+    np.testing.assert_allclose(model, expected, rtol=0, atol=1e-5 * abs(expected).max())
+    arguments = ([candidate], [solution.kernel_image], [solution.background])
+    again = residual_statistics_of(*arguments, bad_mask_bits=0)
+    reused = residual_statistics_of(*arguments, bad_mask_bits=0, convolved_templates=[model])
+    np.testing.assert_allclose(reused[0][:2], again[0][:2], rtol=1e-5, atol=1e-6)
+    assert reused[0][2] == again[0][2]
+
+
 def test_zero_variance_raises_without_constant_weighting():
     candidate, _ = make_candidate(2.0, 1.0, 0.0)
     candidate.science.variance[5, 5] = 0.0
@@ -456,7 +479,7 @@ def test_delta_function_normal_equations_equal_the_design_product(fit_background
     basis = make_delta_function_basis(7, 7)
     shuffled = basis[rng.permutation(len(basis))[:-1]] * rng.uniform(0.5, 2.0, (48, 1, 1))
     for kernels in (basis, shuffled):
-        dense = _dense_normal_equations(
+        *dense, _ = _dense_normal_equations(
             templates, data, kernels, weights, fit_background=fit_background
         )
         fast = delta_function_normal_equations(

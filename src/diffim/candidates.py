@@ -66,6 +66,10 @@ class KernelSolution:
         Condition number of ``M`` (``nan`` when not computed).
     kernel_sum_error : float
         1σ uncertainty of the kernel sum from the least-squares covariance ``M⁻¹``.
+    convolved_template : numpy.ndarray or None
+        The fit's model ``T ⋆ K`` (science units, without the background) over the fit
+        region (the stamp less the kernel half-width on each side), formed from the design
+        columns; None when the fit had none (a delta-function basis).
     """
 
     coefficients: np.ndarray
@@ -75,6 +79,7 @@ class KernelSolution:
     normal_vector: np.ndarray
     condition_number: float = float("nan")
     kernel_sum_error: float = float("nan")
+    convolved_template: np.ndarray | None = None
 
     @property
     def kernel_sum(self) -> float:

@@ -130,14 +130,19 @@ def _assess(
     stage: str,
     clip: bool,
     settings: FitSettings,
+    convolved_templates: list[np.ndarray | None] | None = None,
 ) -> list[bool]:
-    """Measure candidates' residuals; mark each GOOD or BAD; return which were rejected."""
+    """Measure candidates' residuals; mark each GOOD or BAD; return which were rejected.
+
+    ``convolved_templates`` are the candidates' ``T ⋆ K``, when known (single-kernel fits).
+    """
     statistics = residual_statistics_of(
         candidates,
         kernel_images,
         backgrounds,
         bad_mask_bits=settings.bad_mask_bits,
         core_radius=settings.core_radius if settings.use_core_stats else None,
+        convolved_templates=convolved_templates,
     )
     rejected = []
     for candidate, (mean, std, _) in zip(candidates, statistics, strict=True):
@@ -208,6 +213,7 @@ def _build_candidates(
         STAGE_BUILD,
         settings.single_kernel_clipping,
         settings,
+        [solutions[i].convolved_template for i in fitted],
     )
     for i, was_rejected in zip(fitted, assessed, strict=True):
         rejected[i] = was_rejected

@@ -365,13 +365,13 @@ def _dense_normal_equations(
     weights: np.ndarray,
     *,
     fit_background: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``M = Cᵀ W C`` and ``b = Cᵀ W d`` from the design columns ``C = T ⋆ B``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``M = Cᵀ W C``, ``b = Cᵀ W d`` and the design columns ``C = T ⋆ B``.
 
     ``weights`` is ``(n,)`` (one per candidate) or ``(n, n_pix)``.  The columns are
     correlated in the templates' precision (float32 stamps: single-precision FFTs, 2.5x
     faster, with rounding errors of the order of the pixels' own) and the products summed
-    in float64.
+    in float64.  The columns are returned as ``(n, n_basis, n_pix)`` float64.
     """
     n, n_basis = len(templates), basis.shape[0]
     design = correlate_valid_stack(templates, basis.astype(templates.dtype))
@@ -395,7 +395,7 @@ def _dense_normal_equations(
         vectors[:, n_basis] = (data * pixel_weights).sum(axis=1)
     matrices *= scale[:, :, None]
     vectors *= scale
-    return matrices, vectors
+    return matrices, vectors, columns
 
 
 def build_single_kernels(
@@ -459,16 +459,20 @@ def build_single_kernels(
         weights = _batch_weights(
             batch, batch_variances, constant_variance_weighting, half_width, results, indices
         )
+        models = None  # T ⋆ K over the fit region, from the design columns when formed
         if shifts is not None and weights.ndim == 1:
             matrices, vectors = delta_function_normal_equations(
                 templates, data, shifts, weights,
                 size=basis.shape[1], fit_background=fit_background,
             )  # fmt: skip
+            solutions, sum_errors = _solve_batch(matrices, vectors, basis_sums, regularization)
         else:
-            matrices, vectors = _dense_normal_equations(
+            matrices, vectors, columns = _dense_normal_equations(
                 templates, data, basis, weights, fit_background=fit_background
             )
-        solutions, sum_errors = _solve_batch(matrices, vectors, basis_sums, regularization)
+            solutions, sum_errors = _solve_batch(matrices, vectors, basis_sums, regularization)
+            models = np.einsum("nk,nkp->np", solutions[:, :n_basis], columns)
+            models = models.reshape(data.shape)
         for row, index in enumerate(indices):
             if results[index] is not None:
                 continue
@@ -494,6 +498,7 @@ def build_single_kernels(
                 normal_vector=vectors[row],
                 condition_number=cond,
                 kernel_sum_error=float(sum_errors[row]),
+                convolved_template=None if models is None else models[row],
             )
     return results
 
@@ -540,27 +545,42 @@ def _residual_batches(
     kernel_images: Sequence[np.ndarray],
     backgrounds: Sequence[float],
     bad_mask_bits: int,
+    convolved_templates: Sequence[np.ndarray | None] | None = None,
 ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(indices, difference, variance, usable)`` for batches of same-shape stamps.
 
     The template stamps and variances of a batch are correlated with their ``K`` and
-    ``K²`` in one FFT; the arrays have shape ``(len(indices), ny, nx)``.
+    ``K²`` in one FFT; the arrays have shape ``(len(indices), ny, nx)``.  Where every
+    candidate of a batch has its ``T ⋆ K`` in ``convolved_templates`` (a single-kernel
+    fit's model), only the variances are correlated.
     """
     for indices in _batches(candidates, 4):
         batch = [candidates[i] for i in indices]
         n = len(batch)
         kernels = np.stack([kernel_images[i] for i in indices])
         half_width = kernels.shape[1] // 2
-        stamps = np.stack([c.template.image for c in batch] + [c.template.variance for c in batch])
-        squares = np.concatenate([kernels, kernels**2]).astype(stamps.dtype)  # float32 FFTs
-        convolved = correlate_valid_pairs(stamps, squares)
+        models = (
+            [None] * n
+            if convolved_templates is None
+            else [convolved_templates[i] for i in indices]
+        )
+        if any(model is None for model in models):
+            stamps = np.stack(
+                [c.template.image for c in batch] + [c.template.variance for c in batch]
+            )
+            squares = np.concatenate([kernels, kernels**2]).astype(stamps.dtype)  # float32 FFTs
+            convolved = correlate_valid_pairs(stamps, squares)
+            models, convolved_variance = convolved[:n], convolved[n:]
+        else:
+            stamps = np.stack([c.template.variance for c in batch])
+            convolved_variance = correlate_valid_pairs(stamps, (kernels**2).astype(stamps.dtype))
         science_image, science_variance, science_mask = (
             _crop(np.stack([getattr(c.science, plane) for c in batch]), half_width)
             for plane in ("image", "variance", "mask")
         )
         offsets = np.array([backgrounds[i] for i in indices])[:, None, None]
-        difference = science_image - convolved[:n] - offsets
-        variance = convolved[n:] + science_variance
+        difference = science_image - np.asarray(models) - offsets
+        variance = convolved_variance + science_variance
         bad = (science_mask & bad_mask_bits) != 0
         template_bad = (np.stack([c.template.mask for c in batch]) & bad_mask_bits) != 0
         if template_bad.any():
@@ -607,6 +627,7 @@ def residual_statistics_of(
     *,
     bad_mask_bits: int,
     core_radius: int | None = None,
+    convolved_templates: Sequence[np.ndarray | None] | None = None,
 ) -> list[tuple[float, float, int]]:
     """Return the mean and standard deviation of ``D / σ`` on candidates (spec §3.9 step 2).
 
@@ -622,6 +643,9 @@ def residual_statistics_of(
         Pixels flagged with these bits are ignored.
     core_radius : int, optional
         If given, use only the ``(2 r + 1)²`` core box around each stamp centre.
+    convolved_templates : sequence of numpy.ndarray or None, optional
+        Per candidate, its ``T ⋆ K`` over the fit region if known (a single-kernel fit's
+        `KernelSolution.convolved_template`), which spares correlating its template.
 
     Returns
     -------
@@ -631,7 +655,7 @@ def residual_statistics_of(
     """
     statistics: list = [None] * len(candidates)
     for indices, difference, variance, usable in _residual_batches(
-        candidates, kernel_images, backgrounds, bad_mask_bits
+        candidates, kernel_images, backgrounds, bad_mask_bits, convolved_templates
     ):
         if core_radius is not None:
             ny, nx = difference.shape[1:]
