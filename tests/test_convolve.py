@@ -143,6 +143,39 @@ def test_threads_equal_serial():
     np.testing.assert_array_equal(serial.variance, threaded.variance)
 
 
+@pytest.mark.usefixtures("small_tiles")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subtract_from_equals_the_difference_with_the_convolved_image(dtype):
+    """``subtract_from`` takes ``science - T ⋆ K`` in its own planes, bit for bit the
+    difference with the returned convolved image: image, variance, mask and planes, with a
+    NaN template pixel (NO_DATA footprint) and a negative-variance round-off clip."""
+    template = masked_image((70, 64), dtype=dtype, xy0=(5, 9), seed=2)
+    template.image[30, 20] = np.nan
+    template.mask[10, 40] = BAD
+    science = masked_image((70, 64), dtype=dtype, xy0=(5, 9), seed=3)
+    science.mask[50, 3] = SAT
+    kernel = spatial_kernel(9, 2, template.bbox)
+    with pytest.warns(MaskedPixelsWarning):
+        expected = science - convolve_masked_image(template, kernel)
+    target = science.copy()
+    with pytest.warns(MaskedPixelsWarning):
+        result = convolve_masked_image(template, kernel, subtract_from=target)
+    assert result is target
+    np.testing.assert_array_equal(result.image, expected.image)
+    np.testing.assert_array_equal(result.variance, expected.variance)
+    np.testing.assert_array_equal(result.mask, expected.mask)
+    assert result.planes == expected.planes
+
+
+def test_subtract_from_must_match_the_convolved_image():
+    template = masked_image((30, 30))
+    kernel = constant_kernel(gaussian_basis(7)[0])
+    with pytest.raises(DiffimValueError, match="shape"):
+        convolve_masked_image(template, kernel, subtract_from=masked_image((30, 31)))
+    with pytest.raises(DiffimValueError, match="copy_edge"):
+        convolve_masked_image(template, kernel, copy_edge=True, subtract_from=template.copy())
+
+
 # -- (c) orientation -----------------------------------------------------------------------
 def test_delta_kernel_shift_follows_afw():
     """A delta at (c + dx, c + dy) gives out[y, x] = in[y + dy, x + dx]."""
