@@ -218,7 +218,7 @@ def remove_sky_slope(stamp: MaskedImage, inner_radius: float) -> MaskedImage:
 
     Notes
     -----
-    A delta-function kernel needs this (see `diffim.task`): a sky gradient in the template
+    A delta-function kernel needs this (see `diffim.task.cell_set`): a sky gradient in the template
     is carried into the model by every kernel pixel, so a broad pedestal in the kernel
     (whose convolution with the star is nearly flat over the stamp) can fit a difference
     of sky gradients that a constant background cannot, at the cost of a wrong kernel sum.
