@@ -270,6 +270,7 @@ def _run_subtract(args: argparse.Namespace) -> int:
             decorrelate=args.decorrelate,
             warp=not args.no_warp,
             keep_matched=bool(args.matched or args.debug),
+            overwrite_science=not (args.debug or args.png),  # both draw the science image
         )
     for number, warning in enumerate(caught, start=1):
         log.warning("%s: %s", warning.category.__name__, warning.message)

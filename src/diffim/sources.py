@@ -30,7 +30,7 @@ __all__ = ["detect_sources", "select_kernel_sources"]
 
 log = logging.getLogger(__name__)
 
-Noise = np.ndarray | float | None  # per-pixel noise sigma (image units), a scalar, or unknown
+Variance = np.ndarray | float | None  # per-pixel variance (image units²), a scalar, or unknown
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Mask planes that make a pixel unusable when ``bad_mask_bits`` is None (ip_diffim's
@@ -79,19 +79,21 @@ def _check_positive(**values: float | None) -> None:
             raise DiffimValueError(msg)
 
 
-def _prepare(masked_image: MaskedImage, bad_bits: int) -> tuple[np.ndarray, np.ndarray, Noise]:
-    """Return native-order float data (a copy), its bad-pixel map and noise ready for sep.
+def _prepare(masked_image: MaskedImage, bad_bits: int) -> tuple[np.ndarray, np.ndarray, Variance]:
+    """Return native-order float data (a copy), its bad-pixel map and variance ready for sep.
 
     float32 images stay float32: sep computes in single precision whatever it is given.
-    Bad pixels are set to 0; sep ignores them through its mask.
+    Bad pixels are set to 0; sep ignores them through its mask.  The variance plane is
+    passed as it is (no copy) unless some of its values are unusable: those are then set
+    to 1 in a copy (any finite value does: the pixels are bad, masked for sep).
     """
     image = masked_image.image
     dtype = np.float32 if image.dtype == np.float32 else np.float64
     data = np.array(image, dtype=dtype, order="C")  # native byte order, a copy
     variance = np.asarray(masked_image.variance)
     masked = (masked_image.mask & bad_bits) != 0
-    good_variance = variance > 0  # False for nan
-    good_variance &= np.isfinite(variance)
+    good_variance = np.isfinite(variance)
+    np.greater(variance, 0, out=good_variance, where=good_variance)
     has_variance = bool(np.any(good_variance & ~masked))
     unusable = ~np.isfinite(data)
     if has_variance:
@@ -113,17 +115,20 @@ def _prepare(masked_image: MaskedImage, bad_bits: int) -> tuple[np.ndarray, np.n
     data[bad] = 0.0
     if not has_variance:
         return data, bad, None
-    with np.errstate(invalid="ignore"):  # negative variances are replaced below
-        noise = np.sqrt(variance, dtype=dtype)
-    noise[~good_variance] = 1.0  # any finite value: these pixels are bad, masked for sep
-    return data, bad, noise
+    if good_variance.all():
+        return data, bad, np.ascontiguousarray(variance, dtype=dtype)
+    usable = np.array(variance, dtype=dtype, order="C")
+    usable[~good_variance] = 1.0
+    return data, bad, usable
 
 
-def _extract(data: np.ndarray, noise: Noise, bad: np.ndarray, **kwargs: object) -> np.ndarray:
+def _extract(
+    data: np.ndarray, variance: Variance, bad: np.ndarray, **kwargs: object
+) -> np.ndarray:
     """Run `sep.extract`, raising sep's active-pixel limit (a global) when it is too low."""
     while True:
         try:
-            return sep.extract(data, err=noise, mask=bad, **kwargs)
+            return sep.extract(data, var=variance, mask=bad, **kwargs)
         except Exception as error:
             limit = sep.get_extract_pixstack()
             if "pixel buffer full" not in str(error) or limit >= data.size:
@@ -177,24 +182,25 @@ def _peaks(image: np.ndarray, objects: np.ndarray) -> np.ndarray:
     )
 
 
-def _subtract_background(data: np.ndarray, bad: np.ndarray, noise: Noise) -> tuple:
-    """Subtract sep's background map in place; return it and the noise to detect with."""
+def _subtract_background(data: np.ndarray, bad: np.ndarray, variance: Variance) -> tuple:
+    """Subtract sep's background map in place; return it and the variance to detect with."""
     ny, nx = data.shape
     box = {"bw": min(BACKGROUND_BOX_PIX, nx), "bh": min(BACKGROUND_BOX_PIX, ny)}
     background = sep.Background(data, mask=bad, **box)
     back = background.back()
     data -= back
     data[bad] = 0.0
-    if noise is None:
-        noise = float(background.globalrms)
-        log.info("no variance plane; using the background rms %.4g as the noise", noise)
-        if not noise > 0:
+    if variance is None:
+        rms = float(background.globalrms)
+        log.info("no variance plane; using the background rms %.4g as the noise", rms)
+        if not rms > 0:
             msg = "the image has zero variance and no background noise; supply a variance plane"
             raise DiffimValueError(msg)
-    return back, noise
+        variance = rms**2
+    return back, variance
 
 
-def _measure(objects: np.ndarray, data: np.ndarray, noise: Noise, bad: np.ndarray,
+def _measure(objects: np.ndarray, data: np.ndarray, variance: Variance, bad: np.ndarray,
              fwhm_pix: float | None) -> tuple[dict, float]:  # fmt: skip
     """Return the FWHM, windowed centroid and aperture flux of sep objects (array pixels)."""
     x, y, a = objects["x"], objects["y"], objects["a"]
@@ -208,7 +214,7 @@ def _measure(objects: np.ndarray, data: np.ndarray, noise: Noise, bad: np.ndarra
     jumped = ~(np.hypot(x_win - x, y_win - y) < 0.5 * reference)  # windowing diverged
     x_win, y_win = np.where(jumped, x, x_win), np.where(jumped, y, y_win)
     flux, flux_err, aperture_flag = sep.sum_circle(
-        data, x_win, y_win, APERTURE_RADIUS_FWHM * reference, err=noise, mask=bad, subpix=5
+        data, x_win, y_win, APERTURE_RADIUS_FWHM * reference, var=variance, mask=bad, subpix=5
     )
     columns = {"x": x_win, "y": y_win, "flux": flux, "flux_err": flux_err,
                "snr": flux / flux_err, "fwhm": fwhm,
@@ -270,16 +276,16 @@ def detect_sources(
 
     _check_positive(threshold_sigma=threshold_sigma, min_area=min_area, fwhm_pix=fwhm_pix)
     bad_bits = _bad_bits(masked_image, bad_mask_bits)
-    data, bad, noise = _prepare(masked_image, bad_bits)
-    back, noise = _subtract_background(data, bad, noise)
+    data, bad, variance = _prepare(masked_image, bad_bits)
+    back, variance = _subtract_background(data, bad, variance)
     objects = _extract(
-        data, noise, bad, thresh=threshold_sigma, minarea=int(min_area), **_filter(fwhm_pix)
+        data, variance, bad, thresh=threshold_sigma, minarea=int(min_area), **_filter(fwhm_pix)
     )
     meta = {"threshold_sigma": float(threshold_sigma), "bad_mask_bits": bad_bits}
     if len(objects) == 0:
         columns = {name: np.zeros(0, dtype) for name, dtype in DETECTION_DTYPES.items()}
         return Table(columns, meta={"fwhm_pix": fwhm_pix, **meta})
-    columns, reference = _measure(objects, data, noise, bad, fwhm_pix)
+    columns, reference = _measure(objects, data, variance, bad, fwhm_pix)
     ny, nx = data.shape
     ix = np.clip(np.rint(columns["x"]).astype(int), 0, nx - 1)
     iy = np.clip(np.rint(columns["y"]).astype(int), 0, ny - 1)

@@ -73,6 +73,7 @@ def subtract(
     decorrelate: bool = False,
     warp: bool = True,
     keep_matched: bool = True,
+    overwrite_science: bool = False,
     **overrides: Any,
 ) -> ExposureSubtractResult:
     """Subtract ``template`` from ``science`` in one call.
@@ -98,6 +99,11 @@ def subtract(
         Keep the PSF-matched image in the result; False computes the difference in its
         planes instead, saving one image of memory (see
         `ImagePsfMatchTask.subtractExposures`).
+    overwrite_science : bool
+        With ``keep_matched=False``, compute the difference in the science image's own
+        planes, overwriting them: no matched image is allocated at all (see
+        `ImagePsfMatchTask.subtractExposures`).  Ignored with ``decorrelate``, which needs
+        the science variance, and when the science image is convolved.
     **overrides
         Configuration fields, e.g. ``kernelSize=25, spatialKernelOrder=1``.
 
@@ -138,6 +144,7 @@ def subtract(
         convolveTemplate=convolve_template,
         scienceDetections=fwhm.science_detections,
         keep_matched=keep_matched,
+        overwrite_science=overwrite_science and not decorrelate,
     )
     if decorrelate:
         _decorrelate(result, science_exposure, config.kernel.active.badMaskPlanes)

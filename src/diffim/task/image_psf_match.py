@@ -85,6 +85,8 @@ class ImagePsfMatchTask(_KernelStarMethods):
         candidateList: Iterable[Any],
         templateFwhmPix: float | None = None,
         scienceFwhmPix: float | None = None,
+        *,
+        subtract_from: MaskedImage | None = None,
     ) -> MatchResult:
         """PSF-match the template to the science image (spec §1.4).
 
@@ -100,6 +102,11 @@ class ImagePsfMatchTask(_KernelStarMethods):
         templateFwhmPix, scienceFwhmPix : float, optional
             PSF FWHMs in pixels, used to size the Alard-Lupton basis; the config's sigmas
             and ``kernelSize`` are used when either is missing.
+        subtract_from : MaskedImage, optional
+            An image of the same box (the science image, when it is no longer needed)
+            that receives ``subtract_from - T ⋆ K`` in its own planes
+            (`diffim.convolve.convolve_masked_image`); the result's ``matchedImage`` is
+            then None.  No matched image is allocated: 48 MiB less for 2048² float32.
 
         Returns
         -------
@@ -147,7 +154,9 @@ class ImagePsfMatchTask(_KernelStarMethods):
         _diagnose(fit, settings, sums, cfg.maxSpatialConditionNumber)
         timings["fit"] = time.perf_counter() - started - timings["candidates"]
         convolve_start = time.perf_counter()
-        matched = convolve_masked_image(template, fit.solution.kernel)
+        matched = convolve_masked_image(template, fit.solution.kernel, subtract_from=subtract_from)
+        if subtract_from is not None:
+            matched = None
         timings["convolve"] = time.perf_counter() - convolve_start
         self.log.info(
             "kernel fitted in %.2f s, template convolved in %.2f s",
@@ -173,6 +182,7 @@ class ImagePsfMatchTask(_KernelStarMethods):
         convolveTemplate: bool = True,
         *,
         scienceDetections: Table | None = None,
+        subtract_from: MaskedImage | None = None,
     ) -> ExposureMatchResult:
         """PSF-match two exposures (spec §1.3).
 
@@ -191,6 +201,9 @@ class ImagePsfMatchTask(_KernelStarMethods):
         scienceDetections : astropy.table.Table, optional
             The science image's `detect_kernel_sources` table; detected here if needed
             (see `pair_fwhm`).
+        subtract_from : MaskedImage, optional
+            See `matchMaskedImages`; the result's ``matchedImage`` and ``matchedExposure``
+            are then None.
 
         Returns
         -------
@@ -232,6 +245,7 @@ class ImagePsfMatchTask(_KernelStarMethods):
             candidates,
             templateFwhmPix=fwhm_convolved,
             scienceFwhmPix=fwhm_reference,
+            subtract_from=subtract_from,
         )
         metadata = dict(result.metadata)
         metadata.update(
@@ -241,15 +255,17 @@ class ImagePsfMatchTask(_KernelStarMethods):
                 "convolveTemplate": convolveTemplate,
             }
         )
-        matched_exposure = Exposure(
-            result.matchedImage,
-            wcs=scienceExposure.stored_wcs,  # a WCS still unread stays unread
-            psf=None,
-            gain=None,
-            saturation=None,
-            zero_point=scienceExposure.zero_point,
-            filter_name=templateExposure.filter_name,
-        )
+        matched_exposure = None
+        if result.matchedImage is not None:
+            matched_exposure = Exposure(
+                result.matchedImage,
+                wcs=scienceExposure.stored_wcs,  # a WCS still unread stays unread
+                psf=None,
+                gain=None,
+                saturation=None,
+                zero_point=scienceExposure.zero_point,
+                filter_name=templateExposure.filter_name,
+            )
         return extended(
             result,
             ExposureMatchResult,
@@ -271,6 +287,7 @@ class ImagePsfMatchTask(_KernelStarMethods):
         *,
         scienceDetections: Table | None = None,
         keep_matched: bool = True,
+        overwrite_science: bool = False,
     ) -> ExposureSubtractResult:
         """PSF-match two exposures and subtract (spec §1.5).
 
@@ -285,11 +302,20 @@ class ImagePsfMatchTask(_KernelStarMethods):
             If False, the difference is computed in the matched image's own planes, which
             saves one image of memory (48 MiB for 2048² float32), and the result's
             ``matchedImage`` and ``matchedExposure`` are None.
+        overwrite_science : bool
+            With ``keep_matched=False`` and the template convolved, compute the difference
+            in the science exposure's own planes, tile by tile as the template is
+            convolved, so that no matched image is ever allocated (48 MiB less again).  The
+            science exposure's pixels (and the science stamps of the result's kernel
+            candidates, views of them) are overwritten: for a caller that no longer needs
+            them (the command line, which read them from a file).  Otherwise ignored.
 
         Returns
         -------
         ExposureSubtractResult
         """
+        science = scienceExposure.masked_image
+        in_place = overwrite_science and convolveTemplate and not keep_matched
         match = self.matchExposures(
             templateExposure,
             scienceExposure,
@@ -299,10 +325,13 @@ class ImagePsfMatchTask(_KernelStarMethods):
             doWarping,
             convolveTemplate,
             scienceDetections=scienceDetections,
+            subtract_from=science if in_place else None,
         )
-        science = scienceExposure.masked_image
         matched = match.matchedImage if keep_matched else None
-        if convolveTemplate:
+        if in_place:  # science - T ⋆ K already
+            difference = science
+            match.backgroundModel.add_to(difference.image, science.bbox, scale=-1.0)
+        elif convolveTemplate:
             if keep_matched:
                 difference = science - match.matchedImage
             else:
