@@ -467,10 +467,10 @@ def test_delta_function_normal_equations_equal_the_design_product(fit_background
     ``Cᵀ W C`` and ``Cᵀ W d`` to rounding (2e-14 of the largest entry), also for a basis in another
     order, with a missing pixel and with values other than 1, on random stamps of two
     candidates with different weights."""
-    from diffim._delta_normal import delta_function_normal_equations
     from diffim.basis import make_delta_function_basis
     from diffim.convolve import delta_function_shifts
     from diffim.solve import _dense_normal_equations
+    from diffim.solve._delta_normal import delta_function_normal_equations
 
     rng = np.random.default_rng(5)
     templates = rng.normal(100.0, 30.0, (2, 25, 29))
