@@ -244,6 +244,9 @@ def test_spread_mask_matches_binary_dilation():
         expected[ndimage.binary_dilation(plane, np.ones((7, 7), dtype=bool))] |= 1 << bit
     np.testing.assert_array_equal(result, expected)
     assert result.dtype == np.int32
+    target = np.full(mask.shape, 1 << 12, dtype=np.int32)
+    assert spread_mask(mask, 3, bits, workers=2, into=target) is target
+    np.testing.assert_array_equal(target, expected | (1 << 12))
 
 
 # -- (e) dtypes and purity -----------------------------------------------------------------

@@ -392,16 +392,33 @@ def _or_run(values: np.ndarray, half_width: int, axis: int) -> np.ndarray:
     return padded[along(0, n)] | padded[along(size - width, size - width + n)]
 
 
-def _box_or(values: np.ndarray, half_width: int, workers: int) -> np.ndarray:
-    """OR of ``values`` over a ``(2h+1)²`` box around each pixel, in row stripes on threads."""
-    out = np.empty_like(values)
+def _box_or(
+    values: np.ndarray,
+    half_width: int,
+    workers: int,
+    bits: np.integer | None = None,
+    into: np.ndarray | None = None,
+) -> np.ndarray:
+    """OR of ``values`` over a ``(2h+1)²`` box around each pixel, in row stripes on threads.
+
+    With ``bits`` only those bits are spread and the others kept on their own pixel; with
+    ``into`` the result is ORed into that array (and returned) instead of a new one.  Each
+    stripe is done on its own, so no full-size temporary is made.
+    """
+    out = np.empty_like(values) if into is None else into
     n_rows = values.shape[0]
 
     def one_stripe(bounds: tuple[int, int]) -> None:
         start, stop = bounds
         low, high = max(start - half_width, 0), min(stop + half_width, n_rows)
-        spread = _or_run(_or_run(values[low:high], half_width, 0), half_width, 1)
-        out[start:stop] = spread[start - low : stop - low]
+        block = values[low:high] if bits is None else values[low:high] & bits
+        spread = _or_run(_or_run(block, half_width, 0), half_width, 1)[start - low : stop - low]
+        if bits is not None:
+            spread |= values[start:stop] & ~bits
+        if into is None:
+            out[start:stop] = spread
+        else:
+            out[start:stop] |= spread
 
     stripes = [(r, min(r + MASK_STRIPE_ROWS, n_rows)) for r in range(0, n_rows, MASK_STRIPE_ROWS)]
     _run_threads(one_stripe, stripes, workers)
@@ -409,7 +426,12 @@ def _box_or(values: np.ndarray, half_width: int, workers: int) -> np.ndarray:
 
 
 def spread_mask(
-    mask: np.ndarray, half_width: int, bits: int | None = None, *, workers: int | None = None
+    mask: np.ndarray,
+    half_width: int,
+    bits: int | None = None,
+    *,
+    workers: int | None = None,
+    into: np.ndarray | None = None,
 ) -> np.ndarray:
     """Spread mask bits over the footprint of a kernel, as masked-image convolution does.
 
@@ -423,12 +445,15 @@ def spread_mask(
         Bits to spread; all bits by default.  Other bits stay on their own pixel.
     workers : int, optional
         Threads to use; all available cores by default.
+    into : numpy.ndarray of int32, shape (ny, nx), optional
+        A mask to OR the result into (e.g. a difference's), stripe by stripe, instead of
+        returning a new one.
 
     Returns
     -------
     numpy.ndarray of int32, shape (ny, nx)
-        New mask: the OR of the spread bits over the box (pixels outside the image count
-        as 0) plus the unspread bits of the pixel itself.
+        New mask (or ``into``): the OR of the spread bits over the box (pixels outside the
+        image count as 0) plus the unspread bits of the pixel itself.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer) or half_width < 0:
@@ -436,13 +461,14 @@ def spread_mask(
         msg += f"half_width={half_width}"
         raise DiffimValueError(msg)
     mask = mask.astype(MASK_DTYPE, copy=False)
-    selected = mask if bits is None else mask & MASK_DTYPE(bits)
-    if half_width == 0 or not selected.any():
-        return mask.copy()
-    spread = _box_or(selected, half_width, resolve_workers(workers))
-    if bits is not None:
-        spread |= mask & ~MASK_DTYPE(bits)
-    return spread
+    spread_bits = None if bits is None else MASK_DTYPE(bits)
+    set_bits = np.bitwise_or.reduce(mask, axis=None)  # every bit set anywhere, no temporary
+    if half_width == 0 or not (set_bits if bits is None else set_bits & spread_bits):
+        if into is None:
+            return mask.copy()
+        into |= mask
+        return into
+    return _box_or(mask, half_width, resolve_workers(workers), spread_bits, into)
 
 
 # -- spatially varying kernels on masked images --------------------------------------------
@@ -580,9 +606,13 @@ def _convolved_mask(
     spread_bits: int | None,
     copy_edge: bool,
     workers: int,
+    into: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Spread the mask, flag non-finite inputs' footprints NO_DATA, and mark the border."""
-    mask = spread_mask(masked_image.mask, c, spread_bits, workers=workers)
+    """Spread the mask, flag non-finite inputs' footprints NO_DATA, and mark the border.
+
+    With ``into`` (not with ``copy_edge``) all of it is ORed into that mask.
+    """
+    mask = spread_mask(masked_image.mask, c, spread_bits, workers=workers, into=into)
     no_data = MASK_DTYPE(0)
     if bad is not None:
         no_data = MASK_DTYPE(1 << planes.add("NO_DATA"))
@@ -683,11 +713,13 @@ def convolve_masked_image(
     if subtract_from is None:
         np.maximum(valid_variance, 0, out=valid_variance)
     planes = masked_image.planes.copy()
-    mask = _convolved_mask(masked_image, bad, planes, c, spread_mask_bits, copy_edge, workers)
+    into = None if subtract_from is None else subtract_from.mask
+    mask = _convolved_mask(
+        masked_image, bad, planes, c, spread_mask_bits, copy_edge, workers, into
+    )
     if subtract_from is None:
         return MaskedImage(out_image, mask, out_variance, xy0=masked_image.xy0, planes=planes)
     subtract_from.planes = subtract_from.planes.merged(planes)
-    subtract_from.mask |= mask
     return subtract_from
 
 
