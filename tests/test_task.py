@@ -353,7 +353,9 @@ def test_subtract_without_keeping_the_matched_image_gives_the_same_difference(
 ):
     """``keep_matched=False`` computes the difference in the matched image's planes (the
     template's, or the science image's when that is convolved): the same pixels, mask and
-    variance, no matched image in the result, inputs untouched."""
+    variance, no matched image in the result, inputs untouched.  ``overwrite_science``
+    takes it in the science image's own planes when the template is convolved (ignored
+    otherwise): the same difference again."""
     pair = simulate_pair(
         shape=(512, 512), seed=5, n_stars=400, template_fwhm=template_fwhm,
         science_fwhm=science_fwhm,
@@ -372,6 +374,18 @@ def test_subtract_without_keeping_the_matched_image_gives_the_same_difference(
         np.testing.assert_array_equal(
             getattr(pair.science.masked_image, plane), getattr(science_before, plane)
         )
+    consumed = pair.science.masked_image.copy()
+    in_place = diffim.subtract(
+        pair.science.with_pixels(consumed), pair.template,
+        keep_matched=False, overwrite_science=True,
+    )  # fmt: skip
+    difference = in_place.subtractedExposure.masked_image
+    for plane in ("image", "mask", "variance"):
+        np.testing.assert_array_equal(
+            getattr(difference, plane), getattr(kept.subtractedExposure.masked_image, plane)
+        )
+    # the science planes were overwritten only when the template is convolved
+    assert (difference.image is consumed.image) == kept.convolveTemplate
 
 
 def test_iterate_single_kernel_refits_with_the_difference_variance():
