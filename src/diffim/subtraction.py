@@ -23,6 +23,8 @@ from .stats import clipped_mean_std, difference_statistics
 from .task import ImagePsfMatchTask
 
 if TYPE_CHECKING:
+    from astropy.table import Table
+
     from .psf import ImagePsf
 
 __all__ = ["as_exposure", "choose_convolve_template", "subtract"]
@@ -74,6 +76,7 @@ def subtract(
     warp: bool = True,
     keep_matched: bool = True,
     overwrite_science: bool = False,
+    science_detections: Table | None = None,
     **overrides: Any,
 ) -> ExposureSubtractResult:
     """Subtract ``template`` from ``science`` in one call.
@@ -104,6 +107,10 @@ def subtract(
         planes, overwriting them: no matched image is allocated at all (see
         `ImagePsfMatchTask.subtractExposures`).  Ignored with ``decorrelate``, which needs
         the science variance, and when the science image is convolved.
+    science_detections : astropy.table.Table, optional
+        The science image's `ImagePsfMatchTask.detect_kernel_sources` table, if already
+        made (the command line detects before it reads the template, which lowers its
+        peak memory); detected here otherwise.
     **overrides
         Configuration fields, e.g. ``kernelSize=25, spatialKernelOrder=1``.
 
@@ -126,7 +133,12 @@ def subtract(
     task = ImagePsfMatchTask(config)
     log = task.log
     warped = task.registered_template(template_exposure, science_exposure, do_warping=warp)
-    fwhm = task.pair_fwhm(warped, science_exposure, select_stars=candidateList is None)
+    fwhm = task.pair_fwhm(
+        warped,
+        science_exposure,
+        science_detections=science_detections,
+        select_stars=candidateList is None,
+    )
     template_fwhm, science_fwhm = fwhm.template_fwhm_pix, fwhm.science_fwhm_pix
     convolve_template = choose_convolve_template(mode or config.mode, template_fwhm, science_fwhm)
     log.info(
