@@ -20,6 +20,11 @@ __all__ = [
 ]
 
 
+#: Stamp-sized arrays `_residual_batches` holds per candidate, which sizes its batches
+#: (`BATCH_VALUES`): with 4, a batch of 283 43² stamps made 31 MB of transients.
+RESIDUAL_PLANES = 16
+
+
 def _residual_batches(
     candidates: Sequence[KernelCandidate],
     kernel_images: Sequence[np.ndarray],
@@ -34,7 +39,9 @@ def _residual_batches(
     candidate of a batch has its ``T ⋆ K`` in ``convolved_templates`` (a single-kernel
     fit's model), only the variances are correlated.
     """
-    for indices in _batches(candidates, 4):
+    # ~16 stamp-sized arrays per candidate: its stamps and kernels, their spectra and
+    # products, the science planes, the difference, its variance and the bad pixels
+    for indices in _batches(candidates, RESIDUAL_PLANES):
         batch = [candidates[i] for i in indices]
         n = len(batch)
         kernels = np.stack([kernel_images[i] for i in indices])
