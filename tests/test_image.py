@@ -276,3 +276,17 @@ def test_bbox_slices_and_validation():
     assert (rows, cols) == (slice(5, 8), slice(2, 6))
     with pytest.raises(DiffimValueError, match="width=-1"):
         BBox(0, 0, -1, 2)
+
+
+def test_bits_set_equals_the_mask_test_in_one_pass():
+    """``bits_set`` (row blocks, no integer temporary) is ``(mask & bits) != 0``, for a mask
+    taller than one block, one row, and a 1-d mask."""
+    from diffim.image import BITS_BLOCK_ROWS, bits_set
+
+    rng = np.random.default_rng(3)
+    for shape in ((BITS_BLOCK_ROWS * 2 + 17, 40), (1, 9), (50,)):
+        mask = rng.integers(0, 2**31 - 1, shape, dtype=np.int32)
+        for bits in (0, 1, 0x3, 1 << 30):
+            result = bits_set(mask, bits)
+            assert result.dtype == bool
+            np.testing.assert_array_equal(result, (mask & bits) != 0)

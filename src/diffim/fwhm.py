@@ -21,6 +21,7 @@ from .errors import DiffimValueError, InsufficientKernelSourcesError
 from .image import MaskedImage
 from .sources import (
     _bad_bits,
+    _bad_pixels,
     _box_maxima,
     _box_tests,
     _check_positive,
@@ -339,7 +340,7 @@ def measure_fwhm(
     if fwhm_pix is None and "fwhm" not in sources.colnames:
         msg = "sources has no 'fwhm' column; pass fwhm_pix as a starting guess"
         raise DiffimValueError(msg)
-    bad = ((masked_image.mask & bad_bits) != 0) | ~np.isfinite(masked_image.image)
+    bad = _bad_pixels(masked_image, bad_bits)
     x0, y0 = masked_image.xy0
     stars = sources[:max_sources]
     guess = np.full(len(stars), fwhm_pix) if fwhm_pix else np.asarray(stars["fwhm"], float)
@@ -422,7 +423,7 @@ def measure_fwhm_forced(
     """
     _check_positive(fwhm_pix=fwhm_pix, min_sources=min_sources, max_sources=max_sources)
     bad_bits = _bad_bits(masked_image, bad_mask_bits)
-    bad = ((masked_image.mask & bad_bits) != 0) | ~np.isfinite(masked_image.image)
+    bad = _bad_pixels(masked_image, bad_bits)
     x0, y0 = masked_image.xy0
     x, y = np.asarray(sources["x"], dtype=np.float64), np.asarray(sources["y"], dtype=np.float64)
     guess = float(fwhm_pix)

@@ -16,7 +16,15 @@ import numpy as np
 
 from .errors import DiffimValueError
 
-__all__ = ["DEFAULT_MASK_PLANES", "BBox", "Exposure", "LazyWcs", "MaskPlanes", "MaskedImage"]
+__all__ = [
+    "DEFAULT_MASK_PLANES",
+    "BBox",
+    "Exposure",
+    "LazyWcs",
+    "MaskPlanes",
+    "MaskedImage",
+    "bits_set",
+]
 
 #: LSST's default mask planes and their bit numbers.
 DEFAULT_MASK_PLANES: dict[str, int] = {
@@ -33,6 +41,25 @@ DEFAULT_MASK_PLANES: dict[str, int] = {
 
 MASK_DTYPE = np.int32
 MAX_MASK_BITS = 31  # bit 31 would be the sign bit of an int32
+#: Rows of a mask tested at a time by `bits_set` (1 MB of int32 for 1024-pixel rows).
+BITS_BLOCK_ROWS = 256
+
+
+def bits_set(mask: np.ndarray, bits: int) -> np.ndarray:
+    """Return where ``mask`` has any of ``bits`` set, as booleans of the mask's shape.
+
+    ``(mask & bits) != 0``, a block of rows at a time: no mask-sized integer temporary
+    (16 MB for a 2048² int32 mask) is made.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 0:
+        return np.asarray((mask & bits) != 0)
+    out = np.empty(mask.shape, dtype=bool)
+    bits = mask.dtype.type(bits)
+    for start in range(0, mask.shape[0], BITS_BLOCK_ROWS):
+        rows = slice(start, start + BITS_BLOCK_ROWS)
+        np.not_equal(mask[rows] & bits, 0, out=out[rows])
+    return out
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 import sep
 
 from .errors import DiffimValueError, MaskedPixelsWarning
-from .image import MaskedImage
+from .image import MaskedImage, bits_set
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -91,7 +91,7 @@ def _prepare(masked_image: MaskedImage, bad_bits: int) -> tuple[np.ndarray, np.n
     dtype = np.float32 if image.dtype == np.float32 else np.float64
     data = np.array(image, dtype=dtype, order="C")  # native byte order, a copy
     variance = np.asarray(masked_image.variance)
-    masked = (masked_image.mask & bad_bits) != 0
+    masked = bits_set(masked_image.mask, bad_bits)
     good_variance = np.isfinite(variance)
     np.greater(variance, 0, out=good_variance, where=good_variance)
     has_variance = bool(np.any(good_variance & ~masked))
@@ -313,14 +313,18 @@ def _filter(fwhm_pix: float | None) -> dict:
     return {"filter_kernel": np.outer(profile, profile)}
 
 
+def _bad_pixels(masked_image: MaskedImage, bad_bits: int) -> np.ndarray:
+    """Return where a pixel has one of ``bad_bits`` set or a non-finite value."""
+    bad = bits_set(masked_image.mask, bad_bits)
+    bad |= ~np.isfinite(masked_image.image)
+    return bad
+
+
 def _box_tests(
     masked_image: MaskedImage, bad_bits: int, x: np.ndarray, y: np.ndarray, half_width: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (any bad pixel in the box, box leaves the image) for boxes around (x, y)."""
-    bad = np.bitwise_and(masked_image.mask, bad_bits).astype(bool, copy=False)
-    finite = np.isfinite(masked_image.image)
-    if not finite.all():
-        bad |= ~finite
+    bad = _bad_pixels(masked_image, bad_bits)
     ny, nx = bad.shape
     ix = np.rint(np.asarray(x) - masked_image.xy0[0]).astype(np.int64)
     iy = np.rint(np.asarray(y) - masked_image.xy0[1]).astype(np.int64)

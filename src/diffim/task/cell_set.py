@@ -21,7 +21,7 @@ from ..candidates import (
     stamp_box,
 )
 from ..errors import DiffimValueError, InsufficientKernelSourcesError, MaskedPixelsWarning
-from ..image import MaskedImage
+from ..image import MaskedImage, bits_set
 from ..spatial import n_spatial_terms
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def _sanitize(masked_image: MaskedImage, name: str) -> MaskedImage:
 
 def _check_usable(masked_image: MaskedImage, name: str, bad_bits: int) -> None:
     """Refuse an image every pixel of which has one of ``bad_bits`` set."""
-    if np.all(masked_image.mask & bad_bits):
+    if bits_set(masked_image.mask, bad_bits).all():
         msg = f"every pixel of the {name} image is masked with a bad plane"
         raise DiffimValueError(msg)
 
