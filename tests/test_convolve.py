@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from diffim import convolve
 from diffim.convolve import (
     convolve_image,
     convolve_masked_image,
     correlate_fft,
     correlate_valid_stack,
     spread_mask,
+    tiles,
 )
 from diffim.errors import DiffimValueError, MaskedPixelsWarning
 from diffim.image import BBox, MaskedImage, MaskPlanes
@@ -73,7 +73,7 @@ def interior_points(shape, c, step=7):
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Force many overlap-save tiles (including partial ones) on small test images."""
-    monkeypatch.setattr(convolve, "TILE_STEP", 37)
+    monkeypatch.setattr(tiles, "TILE_STEP", 37)  # read there, not in diffim.convolve
 
 
 # -- (a) spatially constant kernel ---------------------------------------------------------
