@@ -174,6 +174,8 @@ def test_subtract_from_must_match_the_convolved_image():
         convolve_masked_image(template, kernel, subtract_from=masked_image((30, 31)))
     with pytest.raises(DiffimValueError, match="copy_edge"):
         convolve_masked_image(template, kernel, copy_edge=True, subtract_from=template.copy())
+    with pytest.raises(DiffimValueError, match="shares pixels"):
+        convolve_masked_image(template, kernel, subtract_from=template)
 
 
 # -- (c) orientation -----------------------------------------------------------------------

@@ -297,3 +297,14 @@ def _check_subtract_from(
             f"{subtract_from.shape}, {subtract_from.xy0}, {subtract_from.dtype}"
         )
         raise DiffimValueError(msg)
+    planes = ("image", "variance", "mask")
+    if any(
+        np.may_share_memory(getattr(subtract_from, a), getattr(masked_image, b))
+        for a in planes
+        for b in planes
+    ):
+        msg = (
+            "subtract_from shares pixels with the image being convolved, which the "
+            "tiles would overwrite before they read them; pass a copy"
+        )
+        raise DiffimValueError(msg)
