@@ -22,6 +22,7 @@ import sep
 
 from .errors import DiffimValueError, MaskedPixelsWarning
 from .image import MaskedImage, bits_set
+from .psf import FWHM_PER_SIGMA
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 Variance = np.ndarray | float | None  # per-pixel variance (image units²), a scalar, or unknown
 
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Mask planes that make a pixel unusable when ``bad_mask_bits`` is None (ip_diffim's
 #: ``excludeMaskPlanes`` minus the planes diffim does not create).
 DEFAULT_BAD_PLANES = ("NO_DATA", "BAD", "SAT", "EDGE")

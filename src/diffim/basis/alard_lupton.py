@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ..errors import DiffimConfigError, DiffimValueError
+from ..psf import FWHM_PER_SIGMA
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 #: FWHM of a Gaussian in units of its sigma, ``2 sqrt(2 ln 2)`` = 2.35482.
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: Kernel sums at or below this are treated as zero by `renormalize_kernel_list` (afw).
 FLOAT32_EPSILON = float(np.finfo(np.float32).eps)
 
