@@ -174,6 +174,7 @@ def fwhm_from_moments(image: np.ndarray, *, pixel_integrated: bool = True) -> fl
 
     Examples
     --------
+    >>> from diffim.psf import GaussianPsf
     >>> round(fwhm_from_moments(GaussianPsf(2.0).kernel_image()), 3)
     4.71
     """
