@@ -91,3 +91,17 @@ def test_cli_and_reader_do_not_import_heavy_optional_modules():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert completed.stdout.strip() == ""
+
+
+def test_the_command_line_parser_imports_neither_numpy_nor_astropy():
+    """Building ``diffim``'s parser (``--help``, ``diffim config``) takes `diffim.batch`'s
+    ``command`` module alone: the package's other names are imported on first use."""
+    code = (
+        "import sys; from diffim.cli import _parser; _parser(); import diffim.batch as b; "
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('numpy', 'astropy', 'dask')]; "
+        "print(len(heavy), b.subtract_pair.__module__, 'numpy' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.split() == ["0", "diffim.batch.pair", "True"]

@@ -9,10 +9,10 @@ The names below are imported on first use (PEP 562), so that ``import diffim`` a
 Task each pull in a different part of astropy and scipy.
 """
 
-import importlib
 import logging
 from typing import TYPE_CHECKING
 
+from ._lazy import lazy_attributes
 from ._version import __version__
 from .errors import (
     DiffimError,
@@ -101,21 +101,7 @@ _SUBMODULES = frozenset(
 )
 
 
-def __getattr__(name: str) -> object:
-    """Import the submodule that defines a public name on first access (PEP 562)."""
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    module_name = _LAZY_NAMES.get(name)
-    if module_name is None:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_NAMES, _SUBMODULES)
 
 
 logging.getLogger("diffim").addHandler(logging.NullHandler())

@@ -11,25 +11,40 @@ and `output_state`, which reads its output's header), `cluster` (`run`: the pair
 Dask client or on a ``LocalCluster`` of its own, resumable, with a progress bar), `tiles`
 (`subtract_tiled`, `subtract_tile`, `tile_layout`, `default_margin`) and `command` (the
 ``diffim batch`` arguments, `run_batch_command` and `parse_tiles`; it imports neither
-numpy nor astropy).  Every name is re-exported here: import from ``diffim.batch``.
+numpy nor astropy).  Every name is re-exported here, imported on first use: import
+from ``diffim.batch``.
 """
 
-# the module constants and the private names used by tests and benchmarks, not in
-# __all__, import from diffim.batch as before the split (the "as" marks a re-export)
-from .cluster import SUMMARY_INTERVAL_S as SUMMARY_INTERVAL_S
-from .cluster import _client_for as _client_for
-from .cluster import _Progress as _Progress
-from .cluster import run
-from .command import BATCH_OPTIONS as BATCH_OPTIONS
-from .command import add_batch_arguments, parse_tiles, run_batch_command
-from .manifest import QA_COLUMNS as QA_COLUMNS
-from .manifest import SUMMARY_COLUMNS as SUMMARY_COLUMNS
-from .manifest import SUMMARY_NAME as SUMMARY_NAME
-from .manifest import PairSpec, read_manifest
-from .pair import DONE_CARD as DONE_CARD
-from .pair import KEY_CARD as KEY_CARD
-from .pair import output_state, subtract_pair
-from .tiles import TileResult, default_margin, subtract_tile, subtract_tiled, tile_layout
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from .cluster import run
+    from .command import add_batch_arguments, parse_tiles, run_batch_command
+    from .manifest import PairSpec, read_manifest
+    from .pair import output_state, subtract_pair
+    from .tiles import TileResult, default_margin, subtract_tile, subtract_tiled, tile_layout
+
+#: Every name and the module defining it, imported on first use: building the command
+#: line's parser needs `command` alone, which imports neither numpy nor astropy.  The
+#: module constants and the private names used by tests and benchmarks are not in __all__.
+_LAZY_NAMES = {
+    **dict.fromkeys(("run", "SUMMARY_INTERVAL_S", "_client_for", "_Progress"), "cluster"),
+    **dict.fromkeys(
+        ("add_batch_arguments", "parse_tiles", "run_batch_command", "BATCH_OPTIONS"), "command"
+    ),
+    **dict.fromkeys(
+        ("PairSpec", "read_manifest", "QA_COLUMNS", "SUMMARY_COLUMNS", "SUMMARY_NAME"),
+        "manifest",
+    ),
+    **dict.fromkeys(("output_state", "subtract_pair", "DONE_CARD", "KEY_CARD"), "pair"),
+    **dict.fromkeys(
+        ("TileResult", "default_margin", "subtract_tile", "subtract_tiled", "tile_layout"),
+        "tiles",
+    ),
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_NAMES)
 
 __all__ = [
     "PairSpec", "TileResult", "add_batch_arguments", "default_margin", "output_state",
