@@ -67,8 +67,10 @@ def _positions(candidate_list: Any) -> np.ndarray:
 
 def _sanitize(masked_image: MaskedImage, name: str) -> MaskedImage:
     """Check a masked image; mask non-finite pixels as NO_DATA (on a copy) with a warning."""
-    bad = ~np.isfinite(masked_image.image) | ~np.isfinite(masked_image.variance)
-    if np.any(masked_image.variance[~bad] < 0):
+    bad = ~np.isfinite(masked_image.image)
+    bad |= ~np.isfinite(masked_image.variance)
+    negative = masked_image.variance < 0  # False for nan; -inf is in `bad`
+    if negative.any() and np.any(negative & ~bad):
         msg = f"the {name} image has negative variance values; fix its variance plane"
         raise DiffimValueError(msg)
     if not bad.any():
