@@ -144,15 +144,19 @@ def test_threads_equal_serial():
 
 
 @pytest.mark.usefixtures("small_tiles")
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_subtract_from_equals_the_difference_with_the_convolved_image(dtype):
+@pytest.mark.parametrize(
+    ("dtype", "science_dtype"),
+    [(np.float32, np.float32), (np.float64, np.float64), (np.float32, np.float64)],
+)
+def test_subtract_from_equals_the_difference_with_the_convolved_image(dtype, science_dtype):
     """``subtract_from`` takes ``science - T ⋆ K`` in its own planes, bit for bit the
     difference with the returned convolved image: image, variance, mask and planes, with a
-    NaN template pixel (NO_DATA footprint) and a negative-variance round-off clip."""
+    NaN template pixel (NO_DATA footprint) and a negative-variance round-off clip, also for a
+    float64 science image and a float32 template (the difference keeps the science dtype)."""
     template = masked_image((70, 64), dtype=dtype, xy0=(5, 9), seed=2)
     template.image[30, 20] = np.nan
     template.mask[10, 40] = BAD
-    science = masked_image((70, 64), dtype=dtype, xy0=(5, 9), seed=3)
+    science = masked_image((70, 64), dtype=science_dtype, xy0=(5, 9), seed=3)
     science.mask[50, 3] = SAT
     kernel = spatial_kernel(9, 2, template.bbox)
     with pytest.warns(MaskedPixelsWarning):
@@ -161,6 +165,7 @@ def test_subtract_from_equals_the_difference_with_the_convolved_image(dtype):
     with pytest.warns(MaskedPixelsWarning):
         result = convolve_masked_image(template, kernel, subtract_from=target)
     assert result is target
+    assert result.image.dtype == science_dtype
     np.testing.assert_array_equal(result.image, expected.image)
     np.testing.assert_array_equal(result.variance, expected.variance)
     np.testing.assert_array_equal(result.mask, expected.mask)

@@ -219,9 +219,9 @@ def convolve_masked_image(
     workers : int, optional
         Threads to use; all available cores by default.
     subtract_from : MaskedImage, optional
-        An image of the same shape, origin and dtype (e.g. the science image) from which
-        to subtract the convolved image in its own planes, instead of returning a new
-        one: its image becomes ``subtract_from - T ⋆ K`` (NaN on the border), its
+        An image of the same shape and origin (e.g. the science image; it keeps its own
+        dtype) from which to subtract the convolved image in its own planes, instead of
+        returning a new one: its image becomes ``subtract_from - T ⋆ K`` (NaN on the border), its
         variance gains ``var ⋆ K²`` (+inf on the border), its mask is ORed with the
         convolved mask, and it is returned.  This saves a whole image (48 MiB at 2048²
         float32); ``copy_edge`` must then be False.
@@ -290,11 +290,10 @@ def _check_subtract_from(
         msg = "subtract_from needs copy_edge=False: the border of a difference has no data"
         raise DiffimValueError(msg)
     same = (subtract_from.shape, subtract_from.xy0) == (masked_image.shape, masked_image.xy0)
-    if not same or subtract_from.dtype != masked_image.dtype:
+    if not same:
         msg = (
             f"subtract_from must match the convolved image: shape {masked_image.shape}, "
-            f"origin {masked_image.xy0}, dtype {masked_image.dtype}; got "
-            f"{subtract_from.shape}, {subtract_from.xy0}, {subtract_from.dtype}"
+            f"origin {masked_image.xy0}; got {subtract_from.shape}, {subtract_from.xy0}"
         )
         raise DiffimValueError(msg)
     planes = ("image", "variance", "mask")
