@@ -397,6 +397,11 @@ def test_render_point_sources_keeps_the_overlap_at_edges():
         ({"gain": 0.0}, "gain"),
         ({"profile": "airy"}, "profile"),
         ({"galaxy_radius": (3.0, 1.0)}, "galaxy_radius"),
+        ({"shift": "(3.4,-2.1)"}, r"shift takes 2 numbers, e.g. shift=\[0.0, 0.0\]"),
+        ({"shift": (1.0, 2.0, 3.0)}, "shift takes 2 numbers"),
+        ({"shape": (64.5, 64)}, "shape takes 2 numbers"),
+        ({"n_stars": 10.5}, "n_stars takes an integer"),
+        ({"flux_ratio": "1.2"}, "flux_ratio takes a number"),
     ],
 )
 def test_parameter_validation(overrides, match):

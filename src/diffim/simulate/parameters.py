@@ -7,6 +7,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from ..errors import DiffimValueError
 
 
@@ -147,12 +149,37 @@ def _check_parameters(p: SimulationParameters) -> None:
         raise DiffimValueError(msg)
 
 
+def _is_number(value: Any, integer: bool = False) -> bool:
+    """True for an int (or, unless ``integer``, a float) that is not a bool."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    return isinstance(value, kinds) and not isinstance(value, bool | np.bool_)
+
+
+def _check_override(name: str, value: Any, default: Any) -> None:
+    """Raise DiffimValueError unless ``value`` has the form of the parameter's default."""
+    if isinstance(default, tuple):
+        fits = isinstance(value, tuple | list | np.ndarray) and len(value) == len(default)
+        if not fits or not all(
+            _is_number(v, isinstance(d, int)) for v, d in zip(value, default, strict=True)
+        ):
+            msg = (
+                f"simulation parameter {name} takes {len(default)} numbers, e.g. "
+                f"{name}={list(default)}; got {value!r}"
+            )
+            raise DiffimValueError(msg)
+    elif _is_number(default) and not _is_number(value, isinstance(default, int)):
+        kind = "an integer" if isinstance(default, int) else "a number"
+        msg = f"simulation parameter {name} takes {kind}, e.g. {name}={default}; got {value!r}"
+        raise DiffimValueError(msg)
+
+
 def _with_overrides(base: SimulationParameters, overrides: dict[str, Any]) -> SimulationParameters:
     names = [f.name for f in dataclasses.fields(SimulationParameters)]
-    for key in overrides:
+    for key, value in overrides.items():
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             msg = f"unknown simulation parameter {key!r}{hint}"
             raise DiffimValueError(msg)
+        _check_override(key, value, getattr(base, key))
     return dataclasses.replace(base, **overrides)
