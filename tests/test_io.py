@@ -242,6 +242,22 @@ def test_zero_weight_is_no_data(tmp_path):
     assert result.variance[3, 4] == 0
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "match"),
+    [
+        ("gain", -1.0, "gain must be a positive number of e-/ADU"),
+        ("gain", float("nan"), "gain must be a positive number"),
+        ("saturation", float("nan"), "saturation must be a positive number"),
+        ("saturation", 0.0, "saturation must be a positive number"),
+    ],
+)
+def test_bad_gain_or_saturation_is_named(tmp_path, option, value, match):
+    """A NaN saturation would mark every star saturated and leave none for the kernel."""
+    image = write_plain(tmp_path / "image.fits", np.ones(SHAPE))
+    with pytest.raises(DiffimValueError, match=match):
+        read_exposure(image, **{option: value})
+
+
 def test_more_than_one_noise_map_is_an_error(tmp_path):
     image = write_plain(tmp_path / "image.fits", np.ones(SHAPE))
     with pytest.raises(DiffimValueError, match="at most one of variance=, weight=, sigma="):

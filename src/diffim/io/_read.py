@@ -218,7 +218,7 @@ def read_exposure(
     MaskedPixelsWarning
         Non-finite pixels were set to 0 and masked NO_DATA.
     """
-    _check_options(variance=variance, weight=weight, sigma=sigma, gain=gain)
+    _check_options(variance=variance, weight=weight, sigma=sigma, gain=gain, saturation=saturation)
     parts = _with_fits(path, lambda hdulist: _read_file(hdulist, path, hdu))
     image, label, header = _float_image(parts["IMAGE"]), parts["label"], parts["header"]
     mask_array, planes = _read_mask(parts, mask)
@@ -261,6 +261,10 @@ def _check_options(**options: Any) -> None:
     gain = options["gain"]
     if gain is not None and not (np.isfinite(gain) and gain > 0):
         msg = f"gain must be a positive number of e-/ADU, got {gain!r}"
+        raise DiffimValueError(msg)
+    saturation = options["saturation"]
+    if saturation is not None and not (np.isfinite(saturation) and saturation > 0):
+        msg = f"saturation must be a positive number (image units), got {saturation!r}"
         raise DiffimValueError(msg)
 
 
