@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(argv: list[str] | None) -> tuple[str, int]:
     """Parse ``argv``, run its command; return the command's name and the exit status."""
-    collect_cycles_less_often()  # before the parser: it imports astropy and numpy
+    collect_cycles_less_often()  # before the commands import numpy, scipy and astropy
     args = _parser().parse_args(argv)
     _setup_logging(args)
     keep_freed_memory()
