@@ -46,7 +46,7 @@ import scipy.fft
 
 from .convolve import correlate_fft, resolve_workers
 from .errors import DiffimValueError, DiffimWarning
-from .image import MaskedImage
+from .image import MaskedImage, bits_set
 from .spatial import SpatialKernel
 from .stats import clipped_mean_std
 
@@ -394,7 +394,7 @@ def _input_variances(
             msg += f"{difference.shape} at {difference.xy0}; pass planes on its pixel grid"
             raise DiffimValueError(msg)
         bits = owner.bitmask(tuple(ignore_mask_planes))
-        usable = np.isfinite(plane) & ((owner.mask & bits) == 0)
+        usable = np.isfinite(plane) & ~bits_set(owner.mask, bits)
         if not usable.any():
             msg = f"every pixel of {name} is masked ({', '.join(ignore_mask_planes)}) or "
             msg += "not finite; pass fewer ignore_mask_planes"
@@ -417,7 +417,7 @@ def _decorrelated_image(
     constant), so a residual background does not ring at the edges.
     """
     image = difference.image
-    keep = np.isfinite(image) & ((difference.mask & difference.bitmask(fill_mask_planes)) == 0)
+    keep = np.isfinite(image) & ~bits_set(difference.mask, difference.bitmask(fill_mask_planes))
     if not keep.any():
         msg = "every pixel of the difference is masked or not finite; nothing to decorrelate"
         raise DiffimValueError(msg)
@@ -505,7 +505,7 @@ def score_image(
     usable = (
         np.isfinite(difference.image)
         & np.isfinite(difference.variance)
-        & ((difference.mask & difference.bitmask(tuple(bad_mask_planes))) == 0)
+        & ~bits_set(difference.mask, difference.bitmask(tuple(bad_mask_planes)))
     )
     workers = resolve_workers(workers)
     image = np.where(usable, difference.image, 0.0)

@@ -388,7 +388,7 @@ class MaskedImage:
 
     def mask_plane(self, name: str) -> np.ndarray:
         """Return a boolean array, True where plane ``name`` is set."""
-        return (self.mask & (1 << self.planes.bit(name))) != 0
+        return bits_set(self.mask, 1 << self.planes.bit(name))
 
     def set_mask_plane(self, name: str, where: np.ndarray) -> None:
         """Set plane ``name`` (added if new) on the pixels where ``where`` is True."""

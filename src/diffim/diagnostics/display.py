@@ -20,7 +20,7 @@ import numpy as np
 
 from ..candidates import CandidateStatus, KernelCandidate
 from ..errors import DiffimError, DiffimValueError
-from ..image import BBox, MaskedImage
+from ..image import BBox, MaskedImage, bits_set
 from ..stats import median_robust_std, sampling_step
 
 #: Mask planes drawn in grey on the difference and left out of its histogram.
@@ -106,7 +106,7 @@ def _normalized_difference(difference: MaskedImage, planes: Iterable[str]) -> np
     """Return ``D / sqrt(var)``, NaN where a plane of ``planes`` is set or not finite."""
     with np.errstate(divide="ignore", invalid="ignore"):
         normalized = difference.image / np.sqrt(difference.variance)
-    flagged = (difference.mask & difference.bitmask(list(planes))) != 0
+    flagged = bits_set(difference.mask, difference.bitmask(list(planes)))
     return np.where(flagged | ~np.isfinite(normalized), np.nan, normalized)
 
 
