@@ -51,6 +51,7 @@ from .stamps import correlate_valid_pairs, correlate_valid_stack, delta_function
 from .tiles import TILE_STEP as TILE_STEP
 from .tiles import _add_non_negative as _add_non_negative
 from .tiles import _assign as _assign
+from .tiles import _assign_non_negative as _assign_non_negative
 from .tiles import _check_kernels as _check_kernels
 from .tiles import _correlate_valid_tiled as _correlate_valid_tiled
 from .tiles import _float_dtype as _float_dtype

@@ -21,6 +21,7 @@ from .masks import _box_or, spread_mask
 from .tiles import (
     _add_non_negative,
     _assign,
+    _assign_non_negative,
     _correlate_valid_tiled,
     _float_dtype,
     _Store,
@@ -253,7 +254,7 @@ def convolve_masked_image(
         fill = (masked_image.image, masked_image.variance) if copy_edge else (np.nan, np.inf)
         out_image, out_variance = np.empty_like(image), np.empty_like(variance)
         out_image[...], out_variance[...] = fill
-        store_image, store_variance = _assign, _assign
+        store_image, store_variance = _assign, _assign_non_negative
     else:
         _check_subtract_from(masked_image, subtract_from, copy_edge)
         out_image, out_variance = subtract_from.image, subtract_from.variance
@@ -265,12 +266,15 @@ def convolve_masked_image(
         image, kernel.function, terms, xy0, out_image[interior], workers, store_image
     )
     squared_function, squared_terms = _squared_kernel_terms(kernel)
-    valid_variance = out_variance[interior]
     _spatial_correlate(
-        variance, squared_function, squared_terms, xy0, valid_variance, workers, store_variance
+        variance,
+        squared_function,
+        squared_terms,
+        xy0,
+        out_variance[interior],
+        workers,
+        store_variance,
     )
-    if subtract_from is None:
-        np.maximum(valid_variance, 0, out=valid_variance)
     planes = masked_image.planes.copy()
     into = None if subtract_from is None else subtract_from.mask
     mask = _convolved_mask(

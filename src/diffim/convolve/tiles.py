@@ -4,7 +4,8 @@
 tiles of about ``TILE_STEP`` valid pixels a side, one thread per core: a tile's forward
 transform is shared by every kernel, the kernel spectra are computed once at the tile size,
 and no full-size complex array is held.  Each tile's (optionally weighted) sum goes into the
-output through a store function (`_assign`, `_subtract`, `_add_non_negative`).
+output through a store function (`_assign`, `_assign_non_negative`, `_subtract`,
+`_add_non_negative`).
 `correlate_fft` is its public, zero-padded form; `resolve_workers`, `_run_threads`,
 `_float_dtype` and `_check_kernels` serve the other modules of the package too.
 """
@@ -36,12 +37,17 @@ def _assign(view: np.ndarray, total: np.ndarray) -> None:
     view[...] = total
 
 
+def _assign_non_negative(view: np.ndarray, total: np.ndarray) -> None:
+    """Store a convolved variance, clipped at 0 (FFT round-off)."""
+    np.maximum(total, 0, out=view)
+
+
 def _subtract(view: np.ndarray, total: np.ndarray) -> None:
     np.subtract(view, total, out=view)
 
 
 def _add_non_negative(view: np.ndarray, total: np.ndarray) -> None:
-    """Add a convolved variance, clipped at 0 (FFT round-off) like the stored one."""
+    """Add a convolved variance, clipped at 0 (FFT round-off) as `_assign_non_negative`."""
     view += np.maximum(total, 0, out=total)
 
 
