@@ -107,12 +107,14 @@ def assert_same_pixels(exposure, other):
 
 
 def assert_file_holds(path, exposure):
-    """The IMAGE, MASK and VARIANCE HDUs of ``path`` equal the exposure's planes."""
+    """The IMAGE, MASK and VARIANCE HDUs of ``path`` equal the exposure's planes (files
+    hold every non-finite value as NaN, FITS's undefined value)."""
     with fits.open(path) as hdulist:
         for plane in ("image", "mask", "variance"):
-            np.testing.assert_array_equal(
-                hdulist[plane.upper()].data, getattr(exposure.masked_image, plane)
-            )
+            expected = getattr(exposure.masked_image, plane)
+            if expected.dtype.kind == "f":
+                expected = np.where(np.isfinite(expected), expected, np.nan)
+            np.testing.assert_array_equal(hdulist[plane.upper()].data, expected)
 
 
 def temp_files(folder):

@@ -5,6 +5,7 @@ import os
 import pickle
 
 import astropy.units as u
+import fitsio
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -354,7 +355,7 @@ def test_missing_file(tmp_path):
 def test_not_a_fits_file(tmp_path):
     path = tmp_path / "notes.fits"
     path.write_text("this is not FITS\n" * 300)
-    with pytest.raises(DiffimIOError, match=r"cannot read .*notes\.fits as a FITS file"):
+    with pytest.raises(DiffimIOError, match=r"cannot read .*notes\.fits: not a FITS file"):
         read_exposure(path)
 
 
@@ -398,11 +399,12 @@ def test_refuses_to_overwrite(tmp_path):
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    def broken_writeto(self, fileobj, **kwargs):
-        fileobj.write(b"partial")
+    def broken_write(self, data, **kwargs):
+        with open(self._filename, "ab") as handle:
+            handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(fits.HDUList, "writeto", broken_writeto)
+    monkeypatch.setattr(fitsio.FITS, "write", broken_write)
     with pytest.raises(DiffimIOError, match=r"cannot write .*out\.fits: disk full"):
         write_exposure(make_masked_image(), tmp_path / "out.fits")
     assert os.listdir(tmp_path) == []

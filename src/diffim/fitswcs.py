@@ -14,13 +14,14 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
 from .errors import DiffimValueError, DiffimWarning
 from .image import Exposure, LazyWcs
 
 if TYPE_CHECKING:
     from astropy.wcs import WCS
+
+    from .io._header import Card, Header
 
 __all__ = ["HeaderWcs", "exposure_wcs_cards", "header_wcs", "shift_wcs"]
 
@@ -63,7 +64,7 @@ def shift_wcs(wcs: WCS, dx: float, dy: float) -> WCS:
     return shifted
 
 
-def exposure_wcs_cards(exposure: Exposure) -> list[fits.Card]:
+def exposure_wcs_cards(exposure: Exposure) -> list[Card]:
     """Return the WCS cards of the cut-out's pixel HDUs (FITS pixel 1 = its first pixel).
 
     A `HeaderWcs` read from a file with the same ``xy0`` and not built since is written as
@@ -72,7 +73,7 @@ def exposure_wcs_cards(exposure: Exposure) -> list[fits.Card]:
     stored = exposure.stored_wcs
     x0, y0 = exposure.masked_image.xy0
     if isinstance(stored, HeaderWcs) and stored.xy0 == (x0, y0):
-        return [fits.Card(*card) for card in stored.cards]
+        return list(stored.cards)
     if exposure.wcs is None:
         return []
     from astropy.wcs import WCS
@@ -80,7 +81,8 @@ def exposure_wcs_cards(exposure: Exposure) -> list[fits.Card]:
     if not isinstance(exposure.wcs, WCS):
         msg = f"can only write an astropy.wcs.WCS, got {type(exposure.wcs).__name__}"
         raise DiffimValueError(msg)
-    return list(shift_wcs(exposure.wcs, -x0, -y0).to_header(relax=True).cards)
+    header = shift_wcs(exposure.wcs, -x0, -y0).to_header(relax=True)
+    return [(card.keyword, card.value, card.comment) for card in header.cards]
 
 
 class HeaderWcs(LazyWcs):
@@ -93,7 +95,7 @@ class HeaderWcs(LazyWcs):
 
     Parameters
     ----------
-    header : astropy.io.fits.Header
+    header : diffim.io.Header
         The image HDU's header; kept, and not modified.
     xy0 : tuple of int
         Parent ``(x0, y0)`` of the file's first pixel: the file WCS is shifted by it.
@@ -105,14 +107,14 @@ class HeaderWcs(LazyWcs):
 
     def __init__(
         self,
-        header: fits.Header,
+        header: Header,
         xy0: tuple[int, int],
         cards: tuple[tuple[str, Any, str], ...],
     ) -> None:
         self._header, self.xy0, self.cards = header, (int(xy0[0]), int(xy0[1])), cards
 
     @classmethod
-    def from_header(cls, header: fits.Header, xy0: tuple[int, int]) -> HeaderWcs | None:
+    def from_header(cls, header: Header, xy0: tuple[int, int]) -> HeaderWcs | None:
         """Return the deferred WCS of ``header``, or None unless it is plain and celestial.
 
         Plain: two celestial axes (RA/Dec, Galactic or ecliptic) in a projection without
@@ -121,6 +123,9 @@ class HeaderWcs(LazyWcs):
         keywords.  astropy builds such a header without error, so deferring the build moves
         no warning and no failure.  Other headers are left to `_wcs_from_header`.
         """
+        from .io._header import as_header  # diffim.io imports this module
+
+        header = as_header(header)
         cards = _plain_celestial_cards(header)
         return None if cards is None else cls(header, xy0, cards)
 
@@ -168,16 +173,14 @@ def _linear_matrix_ok(values: dict[str, Any]) -> bool:
     return bool(np.isfinite(determinant) and determinant != 0.0)
 
 
-def _plain_celestial_cards(header: fits.Header) -> tuple[tuple[str, Any, str], ...] | None:
+def _plain_celestial_cards(header: Header) -> tuple[Card, ...] | None:
     """Return the primary-WCS cards of ``header`` if they form a plain celestial WCS."""
     if header.get("NAXIS") != 2:
         return None
     cards, values = [], {}
-    for card in header.cards:
-        key = card.keyword
+    for key, value, comment in header.cards:
         if not _PRIMARY_WCS_KEY.match(key):
             continue
-        value = card.value
         if _PLAIN_NUMERIC_KEY.match(key):
             plain = _is_number(value)
         elif _PLAIN_STRING_KEY.match(key):
@@ -187,7 +190,7 @@ def _plain_celestial_cards(header: fits.Header) -> tuple[tuple[str, Any, str], .
         if not plain or key in values:
             return None
         values[key] = value
-        cards.append((key, value, card.comment))
+        cards.append((key, value, comment))
     ctypes = [_CELESTIAL_CTYPE.match(str(values.get(f"CTYPE{i}", ""))) for i in (1, 2)]
     if not all(ctypes) or values.get("WCSAXES", 2) != 2:
         return None
@@ -210,7 +213,7 @@ def _plain_celestial_cards(header: fits.Header) -> tuple[tuple[str, Any, str], .
     return tuple(cards) if _linear_matrix_ok(values) else None
 
 
-def header_wcs(header: fits.Header, xy0: tuple[int, int], notes: Notes) -> Any:
+def header_wcs(header: Header, xy0: tuple[int, int], notes: Notes) -> Any:
     """Return the WCS of an image header: a `HeaderWcs` to build later if it is plain, None
     if it has no primary-WCS keyword at all, else the astropy WCS built now."""
     deferred = HeaderWcs.from_header(header, xy0)
@@ -221,14 +224,14 @@ def header_wcs(header: fits.Header, xy0: tuple[int, int], notes: Notes) -> Any:
     return _wcs_from_header(header, xy0, notes)
 
 
-def _wcs_from_header(header: fits.Header, xy0: tuple[int, int], notes: Notes) -> WCS | None:
+def _wcs_from_header(header: Header, xy0: tuple[int, int], notes: Notes) -> WCS | None:
     """Return the parent-pixel WCS of a header, or None if it has no celestial WCS."""
     from astropy.wcs import WCS, FITSFixedWarning
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(header)
+            wcs = WCS(header.to_astropy())
     except KeyError:  # only alternate WCSs (such as LSST's "A") in the header
         return None
     except (ValueError, MemoryError) as exc:

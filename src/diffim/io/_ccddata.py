@@ -50,10 +50,11 @@ def to_ccddata(exposure_or_masked_image: Exposure | MaskedImage, unit: Any = "ad
     x0, y0 = masked.xy0
     from astropy.nddata import CCDData, VarianceUncertainty  # slow to import: only when used
 
-    meta = _primary_header(exposure, None)  # a Header, so that CCDData.write handles HIERARCH
+    header = _primary_header(exposure, None)
     for name, bit in masked.planes.as_dict().items():
-        _set_card(meta, MASK_PLANE_PREFIX + name, bit)
-    meta["LTV1"], meta["LTV2"] = -x0, -y0
+        _set_card(header, MASK_PLANE_PREFIX + name, bit)
+    header["LTV1"], header["LTV2"] = -x0, -y0
+    meta = header.to_astropy()  # an astropy Header, so that CCDData.write handles HIERARCH
     return CCDData(
         masked.image.copy(),
         unit=unit,

@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from ..fitswcs import exposure_wcs_cards
 from ..image import Exposure, MaskPlanes
+from ._header import Card, Header
 
 log = logging.getLogger("diffim.io")  # one logger for the package, named as before the split
 
@@ -46,11 +46,11 @@ _WCS_KEY = re.compile(
 _FITS_KEYWORD = re.compile(r"^[A-Z0-9_-]{1,8}$")
 
 
-def _set_card(header: fits.Header, key: str, value: Any) -> None:
-    """Set one card, using HIERARCH for long keywords; skip values FITS cannot hold.
+def _set_card(header: Header, key: str, value: Any) -> None:
+    """Set one card (long keywords are written as HIERARCH); skip values FITS cannot hold.
 
     Sequences of scalars are written as comma-separated strings, non-finite floats as the
-    strings ``"nan"``/``"inf"``.
+    strings ``"nan"``/``"inf"``; strings must be printable ASCII.
     """
     if isinstance(value, np.generic):
         value = value.item()
@@ -61,23 +61,17 @@ def _set_card(header: fits.Header, key: str, value: Any) -> None:
     if isinstance(value, float) and not np.isfinite(value):
         value = str(value)
     if not isinstance(value, bool | int | float | str) or (
-        isinstance(value, float) and not np.isfinite(value)
+        isinstance(value, str) and not (value.isascii() and value.isprintable())
     ):
         log.warning("not writing header card %s: FITS cannot hold the value %r", key, value)
         return
-    name = key.upper() if _FITS_KEYWORD.match(key.upper()) else f"HIERARCH {key}"
-    try:
-        header[name] = value
-    except ValueError as exc:
-        log.warning("not writing header card %s=%r: %s", key, value, exc)
+    header[key.upper() if _FITS_KEYWORD.match(key.upper()) else key] = value
 
 
-def _plane_header(
-    exposure: Exposure, extname: str, wcs_cards: list[fits.Card] | None = None
-) -> fits.Header:
+def _plane_header(exposure: Exposure, extname: str, wcs_cards: list[Card] | None = None) -> Header:
     """Return the header of one pixel HDU: EXTNAME, WCS of the cut-out, and xy0."""
     x0, y0 = exposure.masked_image.xy0
-    header = fits.Header()
+    header = Header()
     header["EXTNAME"] = extname
     header["EXTTYPE"] = extname
     header.extend(exposure_wcs_cards(exposure) if wcs_cards is None else wcs_cards)
@@ -90,8 +84,8 @@ def _plane_header(
     return header
 
 
-def _primary_header(exposure: Exposure, header_extra: Mapping | None) -> fits.Header:
-    header = fits.Header()
+def _primary_header(exposure: Exposure, header_extra: Mapping | None) -> Header:
+    header = Header()
     for key, value in exposure.metadata.items():
         if not _RESERVED_KEY.match(key.upper()) and not _WCS_KEY.match(key.upper()):
             _set_card(header, key, value)

@@ -10,114 +10,87 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
-from ..errors import DiffimError, DiffimIOError, DiffimValueError
+from ..errors import DiffimIOError, DiffimValueError
 from ..fitswcs import header_wcs
 from ..image import MASK_DTYPE, Exposure, MaskedImage, MaskPlanes
+from ._fitsfile import Hdu, open_fits
+from ._header import Header
 from ._layout import LSST_EXTNAMES, PathLike, PlaneSource, _exposure_fields, _xy0_from_header
 from ._planes import _complete, _float_image, _mask_from_array, _variance_from_map
 
 log = logging.getLogger("diffim.io")  # one logger for the package, named as before the split
 
 
-def _with_fits(path: PathLike, reader: Callable[[fits.HDUList], Any]) -> Any:
-    """Open ``path`` and return ``reader(hdulist)``, turning read errors into DiffimIOError."""
-    path = Path(path)
-    if not path.exists():
-        msg = f"{path} does not exist; check the file name"
+def _with_fits(path: PathLike, reader: Callable[[list[Hdu]], Any]) -> Any:
+    """Open ``path`` and return ``reader(hdus)``; read errors become DiffimIOError."""
+    with open_fits(path) as hdus:
+        return reader(hdus)
+
+
+def _native(hdu: Hdu, label: str) -> np.ndarray:
+    """Return the pixels of a 2-d image HDU as a native-byte-order array of its own."""
+    if not hdu.is_2d_image:
+        msg = f"{label} holds a {len(hdu.shape)}-d array; a 2-d image is required"
         raise DiffimIOError(msg)
-    try:
-        # Read, not mapped: each plane lands in an array of its own that `_native` swaps
-        # in place.  A mapping would add the file's pages to the process's memory next to
-        # the native copies (48 MiB more while a 2048² exposure is read) and is slower.
-        with fits.open(path, memmap=False) as hdulist:
-            return reader(hdulist)
-    except DiffimError:
-        raise
-    except (OSError, ValueError, fits.VerifyError) as exc:
-        msg = f"cannot read {path} as a FITS file ({exc}); check that it is FITS or .fits.fz"
-        raise DiffimIOError(msg) from exc
+    return hdu.read()
 
 
-def _is_2d_image(hdu: Any) -> bool:
-    image_types = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
-    return isinstance(hdu, image_types) and hdu.header.get("NAXIS", 0) == 2
-
-
-def _native(hdu: Any, label: str) -> np.ndarray:
-    """Return the data of a 2-d image HDU as a native-byte-order array of its own.
-
-    The file is read, not mapped (`_with_fits`): each plane is an array astropy allocated
-    for it, taken over as it is, or byte-swapped in place when it is big-endian.
-    """
-    data = np.asarray(hdu.data)
-    if data.ndim != 2:
-        msg = f"{label} holds a {data.ndim}-d array; a 2-d image is required"
-        raise DiffimIOError(msg)
-    if data.dtype.isnative:
-        return data
-    if not data.flags.writeable:
-        return data.astype(data.dtype.newbyteorder("="))
-    data.byteswap(inplace=True)
-    return data.view(data.dtype.newbyteorder("="))
-
-
-def _lsst_indices(hdulist: fits.HDUList) -> dict[str, int]:
+def _lsst_indices(hdus: list[Hdu]) -> dict[str, int]:
     """Return the HDU index of IMAGE/MASK/VARIANCE, or {} if the file is not LSST-style."""
     found: dict[str, int] = {}
-    for index, hdu in enumerate(hdulist):
-        kinds = {hdu.name.upper(), str(hdu.header.get("EXTTYPE", "")).upper()}
+    for hdu in hdus:
+        kinds = {hdu.name, str(hdu.header.get("EXTTYPE", "")).strip().upper()}
         for kind in kinds.intersection(LSST_EXTNAMES):
-            if _is_2d_image(hdu) and kind not in found:
-                found[kind] = index
+            if hdu.is_2d_image and kind not in found:
+                found[kind] = hdu.index
     if "IMAGE" in found:
         return found
     # calexp/deepCoadd without names: empty primary, then image, integer mask, variance.
-    planes = list(hdulist[1:4])
+    planes = hdus[1:4]
     if (
         len(planes) == 3
-        and hdulist[0].header.get("NAXIS", 0) == 0
-        and all(_is_2d_image(hdu) for hdu in planes)
-        and len({(hdu.header["NAXIS1"], hdu.header["NAXIS2"]) for hdu in planes}) == 1
-        and planes[1].header["BITPIX"] > 0
+        and not hdus[0].shape
+        and all(hdu.is_2d_image for hdu in planes)
+        and len({hdu.shape for hdu in planes}) == 1
+        and planes[1].integer
     ):
         return dict(zip(LSST_EXTNAMES, (1, 2, 3), strict=True))
     return {}
 
 
-def _image_index(hdulist: fits.HDUList, path: PathLike, hdu: int | str | None) -> int:
+def _image_index(hdus: list[Hdu], path: PathLike, hdu: int | str | None) -> int:
     """Return the index of the chosen HDU, or of the first one holding a 2-d image."""
     if hdu is None:
-        index = next((i for i, item in enumerate(hdulist) if _is_2d_image(item)), None)
+        index = next((item.index for item in hdus if item.is_2d_image), None)
         if index is None:
             msg = f"{path} has no 2-d image HDU; pass an image file"
             raise DiffimIOError(msg)
         return index
-    try:
-        index = hdulist.index_of(hdu)
-    except (KeyError, IndexError):
-        names = [item.name for item in hdulist]
+    if isinstance(hdu, str):
+        index = next((item.index for item in hdus if item.name == hdu.strip().upper()), None)
+    else:
+        index = int(hdu) if -len(hdus) <= int(hdu) < len(hdus) else None
+    if index is None:
+        names = [item.name for item in hdus]
         msg = f"{path} has no HDU {hdu!r}; its HDUs are {names}"
-        raise DiffimIOError(msg) from None
-    if not _is_2d_image(hdulist[index]):
+        raise DiffimIOError(msg)
+    index %= len(hdus)
+    if not hdus[index].is_2d_image:
         msg = f"HDU {hdu!r} of {path} holds no 2-d image; choose another with hdu="
         raise DiffimIOError(msg)
     return index
 
 
-def _read_file(hdulist: fits.HDUList, path: PathLike, hdu: int | str | None) -> dict[str, Any]:
+def _read_file(hdus: list[Hdu], path: PathLike, hdu: int | str | None) -> dict[str, Any]:
     """Return image, mask, variance (None if absent) and the headers of a FITS file."""
-    found = _lsst_indices(hdulist) if hdu is None else {}
+    found = _lsst_indices(hdus) if hdu is None else {}
     if not found:
-        found = {"IMAGE": _image_index(hdulist, path, hdu)}
-    extra = [
-        item.name or str(i) for i, item in enumerate(hdulist[1:], 1) if i not in found.values()
-    ]
+        found = {"IMAGE": _image_index(hdus, path, hdu)}
+    extra = [item.name or str(item.index) for item in hdus[1:] if item.index not in found.values()]
     if extra and len(found) > 1:
         log.debug("%s: ignoring %d extra HDUs %s", path, len(extra), extra)
     parts: dict[str, Any] = {"label": str(path)}
@@ -126,19 +99,19 @@ def _read_file(hdulist: fits.HDUList, path: PathLike, hdu: int | str | None) -> 
         if index in taken:  # one HDU named for two planes: each plane gets its own array
             parts[kind] = taken[index].copy()
         else:
-            parts[kind] = taken[index] = _native(hdulist[index], f"{path}[{kind}]")
-        parts[kind + "_header"] = hdulist[index].header.copy()
+            parts[kind] = taken[index] = _native(hdus[index], f"{path}[{kind}]")
+        parts[kind + "_header"] = hdus[index].header.copy()
         shape = parts[kind].shape
         if shape != parts["IMAGE"].shape:
             msg = f"{path}: {kind} shape {shape} differs from IMAGE shape {parts['IMAGE'].shape}"
             raise DiffimIOError(msg)
-    parts["header"] = hdulist[0].header.copy()
+    parts["header"] = hdus[0].header.copy()
     if found["IMAGE"] != 0:
         parts["header"].update(parts["IMAGE_header"])
     return parts
 
 
-def _load_plane(source: PlaneSource, what: str) -> tuple[np.ndarray, fits.Header | None, str]:
+def _load_plane(source: PlaneSource, what: str) -> tuple[np.ndarray, Header | None, str]:
     """Return (array, header, label) of a separate plane given as a file name or an array."""
     if isinstance(source, np.ndarray):
         if source.ndim != 2:
@@ -146,9 +119,9 @@ def _load_plane(source: PlaneSource, what: str) -> tuple[np.ndarray, fits.Header
             raise DiffimValueError(msg)
         return source, None, f"{what} array"
 
-    def reader(hdulist: fits.HDUList) -> tuple[np.ndarray, fits.Header]:
-        index = _image_index(hdulist, source, None)
-        return _native(hdulist[index], str(source)), hdulist[index].header.copy()
+    def reader(hdus: list[Hdu]) -> tuple[np.ndarray, Header]:
+        index = _image_index(hdus, source, None)
+        return _native(hdus[index], str(source)), hdus[index].header
 
     array, header = _with_fits(source, reader)
     return array, header, f"{what} file {source}"
@@ -219,7 +192,7 @@ def read_exposure(
         Non-finite pixels were set to 0 and masked NO_DATA.
     """
     _check_options(variance=variance, weight=weight, sigma=sigma, gain=gain, saturation=saturation)
-    parts = _with_fits(path, lambda hdulist: _read_file(hdulist, path, hdu))
+    parts = _with_fits(path, lambda hdus: _read_file(hdus, path, hdu))
     image, label, header = _float_image(parts["IMAGE"]), parts["label"], parts["header"]
     mask_array, planes = _read_mask(parts, mask)
     maps = {"variance": variance, "weight": weight, "sigma": sigma}

@@ -1,9 +1,9 @@
 """Write exposures as LSST-style FITS files, and write output files atomically.
 
-`exposure_to_hdulist` builds the primary, ``IMAGE``, ``MASK`` and ``VARIANCE`` HDUs and
-`write_exposure` writes them through `atomic_write`: a temporary file in the same folder
-replaces the target, so that readers never see a partial file.  `check_not_input` keeps an
-output from overwriting one of its inputs.
+`write_exposure` writes the primary, ``IMAGE``, ``MASK`` and ``VARIANCE`` HDUs with fitsio
+through `atomic_write_path`: a temporary file in the same folder replaces the target, so
+that readers never see a partial file.  `exposure_to_hdulist` gives the same HDUs as an
+astropy HDU list.  `check_not_input` keeps an output from overwriting one of its inputs.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-from astropy.io import fits
 
 from ..errors import DiffimIOError, DiffimValueError
 from ..fitswcs import exposure_wcs_cards
 from ..image import Exposure, MaskedImage
+from ._fitsfile import write_fits
+from ._header import Header
 from ._layout import (
     MASK_PLANE_PREFIX,
     PathLike,
@@ -29,6 +30,9 @@ from ._layout import (
     _set_card,
 )
 
+if TYPE_CHECKING:
+    from astropy.io import fits
+
 
 def _as_exposure(obj: Exposure | MaskedImage) -> Exposure:
     if isinstance(obj, Exposure):
@@ -37,6 +41,24 @@ def _as_exposure(obj: Exposure | MaskedImage) -> Exposure:
         return Exposure(obj)
     msg = f"expected an Exposure or MaskedImage, got {type(obj).__name__}"
     raise DiffimValueError(msg)
+
+
+def _exposure_hdus(
+    exposure_or_masked_image: Exposure | MaskedImage, header_extra: Mapping | None
+) -> list[tuple[np.ndarray | None, Header]]:
+    """Return the (pixels, header) of the primary, IMAGE, MASK and VARIANCE HDUs."""
+    exposure = _as_exposure(exposure_or_masked_image)
+    masked = exposure.masked_image
+    wcs_cards = exposure_wcs_cards(exposure)
+    mask_header = _plane_header(exposure, "MASK", wcs_cards)
+    for name, bit in masked.planes.as_dict().items():
+        _set_card(mask_header, MASK_PLANE_PREFIX + name, bit)
+    return [
+        (None, _primary_header(exposure, header_extra)),
+        (masked.image, _plane_header(exposure, "IMAGE", wcs_cards)),
+        (masked.mask, mask_header),
+        (masked.variance, _plane_header(exposure, "VARIANCE", wcs_cards)),
+    ]
 
 
 def exposure_to_hdulist(
@@ -56,18 +78,13 @@ def exposure_to_hdulist(
     astropy.io.fits.HDUList
         Image and variance keep their dtype; the mask is int32 with ``MP_<NAME>`` cards.
     """
-    exposure = _as_exposure(exposure_or_masked_image)
-    masked = exposure.masked_image
-    wcs_cards = exposure_wcs_cards(exposure)
-    mask_header = _plane_header(exposure, "MASK", wcs_cards)
-    for name, bit in masked.planes.as_dict().items():
-        _set_card(mask_header, MASK_PLANE_PREFIX + name, bit)
+    from astropy.io import fits  # astropy's FITS package costs ~0.5 s to import
+
+    (_, primary), *planes = _exposure_hdus(exposure_or_masked_image, header_extra)
     return fits.HDUList(
         [
-            fits.PrimaryHDU(header=_primary_header(exposure, header_extra)),
-            fits.ImageHDU(masked.image, header=_plane_header(exposure, "IMAGE", wcs_cards)),
-            fits.ImageHDU(masked.mask, header=mask_header),
-            fits.ImageHDU(masked.variance, header=_plane_header(exposure, "VARIANCE", wcs_cards)),
+            fits.PrimaryHDU(header=primary.to_astropy()),
+            *(fits.ImageHDU(data, header=header.to_astropy()) for data, header in planes),
         ]
     )
 
@@ -84,7 +101,9 @@ def write_exposure(
     Parameters
     ----------
     exposure_or_masked_image : Exposure or MaskedImage
-        What to write (image and variance in their own dtype, mask as int32).
+        What to write (image and variance in their own dtype, mask as int32).  Every
+        non-finite value is written as NaN, FITS's undefined value (cfitsio writes an
+        infinite variance so), which `read_exposure` masks NO_DATA like any non-finite pixel.
     path : str or os.PathLike
         Output file name.
     overwrite : bool, optional
@@ -97,15 +116,15 @@ def write_exposure(
     DiffimIOError
         If ``path`` exists and ``overwrite`` is False, or the file cannot be written.
     """
-    hdulist = exposure_to_hdulist(exposure_or_masked_image, header_extra=header_extra)
-    atomic_write_hdulist(hdulist, path, overwrite=overwrite)
+    hdus = _exposure_hdus(exposure_or_masked_image, header_extra)
+    atomic_write_path(path, lambda name: write_fits(name, hdus), overwrite=overwrite)
 
 
-def atomic_write(
-    path: PathLike, write: Callable[[BinaryIO], None], *, overwrite: bool = False
+def atomic_write_path(
+    path: PathLike, fill: Callable[[str], None], *, overwrite: bool = False
 ) -> None:
-    """Write a file atomically: ``write(handle)`` fills a temporary file in the same folder,
-    which then replaces ``path`` (mode 0644, or the replaced file's mode).
+    """Write a file atomically: ``fill(name)`` writes a temporary file of that name in the
+    same folder, which then replaces ``path`` (mode 0644, or the replaced file's mode).
 
     Readers see the old file or the whole new one, never a partial file, and a failed or
     interrupted write leaves ``path`` untouched.  The data are not forced to disk
@@ -133,23 +152,44 @@ def atomic_write(
             dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False
         ) as handle:
             tmp_name = handle.name
-            write(handle)
+        fill(tmp_name)
         os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
         tmp_name = None
-    except (OSError, ValueError, fits.VerifyError) as exc:
-        msg = f"cannot write {path}: {exc}"
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        msg = f"cannot write {path}: {reason}"
         raise DiffimIOError(msg) from exc
     finally:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
 
 
+def atomic_write(
+    path: PathLike, write: Callable[[BinaryIO], None], *, overwrite: bool = False
+) -> None:
+    """Write a file atomically through ``write(handle)`` (see `atomic_write_path`)."""
+
+    def fill(name: str) -> None:
+        with open(name, "wb") as handle:
+            write(handle)
+
+    atomic_write_path(path, fill, overwrite=overwrite)
+
+
 def atomic_write_hdulist(
     hdulist: fits.HDUList, path: PathLike, *, overwrite: bool = False
 ) -> None:
-    """Write a FITS HDU list atomically (see `atomic_write`)."""
-    atomic_write(path, hdulist.writeto, overwrite=overwrite)
+    """Write an astropy FITS HDU list atomically (see `atomic_write_path`)."""
+    from astropy.io import fits
+
+    def write(handle: BinaryIO) -> None:
+        try:
+            hdulist.writeto(handle)
+        except fits.VerifyError as exc:
+            raise ValueError(str(exc)) from exc
+
+    atomic_write(path, write, overwrite=overwrite)
 
 
 def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> None:
