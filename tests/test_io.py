@@ -21,6 +21,7 @@ from diffim.errors import (
 )
 from diffim.image import BBox, Exposure, MaskedImage
 from diffim.io import (
+    Header,
     HeaderWcs,
     atomic_write_hdulist,
     check_not_input,
@@ -94,6 +95,29 @@ def test_file_layout_is_lsst_style(tmp_path):
         assert hdulist["IMAGE"].header["CRVAL1A"] == 5
 
 
+def test_header_cards_lookup_and_astropy_round_trip():
+    """Keywords are looked up without regard to case, the first card of a repeated keyword
+    wins, commentary cards accumulate, and astropy headers convert both ways."""
+    header = Header([("GAIN", 2.0, "e-/ADU"), ("spatialKernelSum", 0.98, "")])
+    header["COMMENT"] = "first"
+    header["COMMENT"] = "second"
+    header["gain"] = (2.5, "updated")
+    header.append("GAIN", 9.0)
+    assert header["Gain"] == 2.5
+    assert header["SPATIALKERNELSUM"] == 0.98
+    assert "HIERARCH spatialKernelSum" in header
+    assert list(header) == ["GAIN", "spatialKernelSum", "COMMENT"]
+    assert [card for card in header.cards if card[0] == "COMMENT"] == [
+        ("COMMENT", "first", ""),
+        ("COMMENT", "second", ""),
+    ]
+    converted = header.to_astropy()
+    assert converted["spatialKernelSum"] == 0.98
+    assert converted.comments["GAIN"] == "updated"
+    assert list(converted["COMMENT"]) == ["first", "second"]
+    assert Header.from_astropy(converted).cards == header.cards
+
+
 def test_metadata_round_trip(tmp_path):
     exposure = Exposure(
         make_masked_image(),
@@ -117,6 +141,8 @@ def test_metadata_round_trip(tmp_path):
     assert result.metadata["spatialKernelSum"] == 0.98
     assert result.metadata["BADVALUE"] == "nan"  # FITS has no NaN: written as a string
     assert result.metadata["ALBasisDegGauss"] == "4,2,2"
+    with fits.open(path) as hdulist:  # HIERARCH keywords keep their case in the file
+        assert "HIERARCH spatialKernelSum = 0.98" in hdulist[0].header.tostring()
 
 
 @pytest.mark.parametrize("sip", [False, True])

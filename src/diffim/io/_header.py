@@ -102,9 +102,9 @@ class Header(Mapping[str, Any]):
             for keyword, value, comment in self.cards:
                 name = keyword if _SHORT_KEYWORD.match(keyword) else f"HIERARCH {keyword}"
                 if keyword.upper() in COMMENTARY_KEYS:
-                    header.append((keyword.upper(), value))
+                    header.append((keyword.upper(), value), end=True)
                 else:
-                    header.append((name, value, comment))
+                    header.append((name, value, comment), end=True)
         return header
 
     @classmethod
