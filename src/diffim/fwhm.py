@@ -246,13 +246,17 @@ def _half_maximum_width(
     ny, nx = image.shape
     peak = np.asarray(detections["peak"])
     usable = np.isfinite(peak) if saturation is None else peak < 0.8 * saturation
+    brightest = np.flatnonzero(usable)[np.argsort(-peak[usable])][:n_brightest]
+    x, y, background = (
+        np.asarray(detections[name])[brightest] for name in ("x", "y", "background")
+    )
     widths = []
-    for row in detections[usable][np.argsort(-peak[usable])][:n_brightest]:
-        ix, iy = round(row["x"]) - x0, round(row["y"]) - y0
+    for x_k, y_k, background_k in zip(x, y, background, strict=True):
+        ix, iy = round(x_k) - x0, round(y_k) - y0
         if not (0 < ix < nx - 1 and 0 < iy < ny - 1) or masked_image.mask[iy, ix] & bad_bits:
             continue
-        height = image[iy, ix] - row["background"]
-        half = row["background"] + height / 2.0
+        height = image[iy, ix] - background_k
+        half = background_k + height / 2.0
         sides = [image[iy, ix::-1], image[iy, ix:], image[iy::-1, ix], image[iy:, ix]]
         crossings = []
         for profile in sides:
