@@ -12,7 +12,7 @@ import diffim.stars
 import diffim.task
 from diffim.errors import DeconvolutionWarning, NotRegisteredError
 from diffim.image import Exposure
-from diffim.sources import detect_sources
+from diffim.sources import _detect_sources
 from diffim.stars import exposure_fwhm
 from diffim.task import ImagePsfMatchTask
 
@@ -125,10 +125,10 @@ def test_subtraction_without_psf_models_detects_only_the_science_image(profile, 
 
     def counting(masked_image, **options):
         detected.append(masked_image.shape)
-        return detect_sources(masked_image, **options)
+        return _detect_sources(masked_image, **options)
 
-    monkeypatch.setattr(diffim.sources, "detect_sources", counting)
-    monkeypatch.setattr(diffim.stars, "detect_sources", counting)
+    monkeypatch.setattr(diffim.sources, "_detect_sources", counting)
+    monkeypatch.setattr(diffim.stars, "_detect_sources", counting)
     result = diffim.subtract(without_psf(pair.science), without_psf(pair.template))
     assert len(detected) == 1
     for name, psf in (("science", pair.science.psf), ("template", pair.template.psf)):
@@ -137,6 +137,22 @@ def test_subtraction_without_psf_models_detects_only_the_science_image(profile, 
     assert result.metadata["spatialKernelSum"] == pytest.approx(
         with_models.metadata["spatialKernelSum"], rel=0.001
     )
+
+
+def test_subtract_takes_science_detections_as_an_astropy_table():
+    """A caller's `detect_kernel_sources` Table serves as the internal catalog does: the
+    same difference, bit for bit, as when `subtract` detects the science image itself."""
+    pair = diffim.simulate_pair(shape=(384, 384), seed=9, n_stars=300)
+    science, template = without_psf(pair.science), without_psf(pair.template)
+    table = ImagePsfMatchTask().detect_kernel_sources(science)
+    assert isinstance(table, Table)
+    given = diffim.subtract(science, template, science_detections=table, spatialKernelOrder=1)
+    detected = diffim.subtract(science, template, spatialKernelOrder=1)
+    for plane in ("image", "variance", "mask"):
+        np.testing.assert_array_equal(
+            getattr(given.subtractedExposure.masked_image, plane),
+            getattr(detected.subtractedExposure.masked_image, plane),
+        )
 
 
 def subtraction_quality(data, result, psf):

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from astropy.table import Table
 from scipy.special import erf
 
 from diffim import fwhm as profile_fits
@@ -283,6 +284,34 @@ def test_selection_default_is_sorted_and_capped(contaminated_field):
     np.testing.assert_array_equal(capped["id"], everything["id"][:5])
 
 
+def test_selection_from_a_table_or_a_catalog_is_the_same_and_changes_neither(
+    contaminated_field,
+):
+    """The public functions return astropy Tables of the internal `SourceCatalog`'s
+    columns; selecting from either gives the same rows, bit for bit, and adds no column
+    or meta key to the detections given."""
+    image = contaminated_field[2]
+    catalog = sources._detect_sources(image)
+    table = detect_sources(image)
+    assert isinstance(table, Table)
+    assert table.colnames == catalog.colnames
+    assert dict(table.meta) == catalog.meta
+    for name in catalog.colnames:
+        np.testing.assert_array_equal(table[name], catalog[name], err_msg=name)
+    columns = catalog.colnames
+    selected = [
+        select_kernel_sources(image, stamp_half_width=10, return_all=True, detections=given)
+        for given in (table, catalog)
+    ]
+    assert all(isinstance(kept, Table) for kept in selected)
+    assert len(selected[0]) == len(table) > 5
+    for name in selected[0].colnames:
+        np.testing.assert_array_equal(selected[0][name], selected[1][name], err_msg=name)
+    assert table.colnames == catalog.colnames == columns
+    assert "stellar_fwhm" not in table.meta
+    assert "stellar_fwhm" not in catalog.meta
+
+
 def test_selection_snr_limits(contaminated_field):
     image = contaminated_field[2]
     kept = select_kernel_sources(image, stamp_half_width=10, min_snr=50.0, max_snr=150.0)
@@ -378,7 +407,7 @@ def test_measure_fwhm_reuses_given_detections(gaussian_field, monkeypatch):
     def no_detection(*args, **kwargs):
         raise AssertionError("detected again")
 
-    monkeypatch.setattr(profile_fits, "detect_sources", no_detection)
+    monkeypatch.setattr(profile_fits, "_detect_sources", no_detection)
     assert measure_fwhm(image, detections=detections) == pytest.approx(expected, rel=1e-9)
 
 

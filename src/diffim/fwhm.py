@@ -25,12 +25,14 @@ from .sources import (
     _box_maxima,
     _box_tests,
     _check_positive,
-    detect_sources,
-    select_kernel_sources,
+    _detect_sources,
+    _select_kernel_sources,
 )
 
 if TYPE_CHECKING:
     from astropy.table import Table
+
+    from .catalog import SourceCatalog
 
 __all__ = ["FIT_STAMP_FWHM", "measure_fwhm", "measure_fwhm_forced"]
 
@@ -229,7 +231,7 @@ def _fit_fwhm(
 
 def _half_maximum_width(
     masked_image: MaskedImage,
-    detections: Table,
+    detections: Table | SourceCatalog,
     saturation: float | None,
     bad_bits: int,
     n_brightest: int = 30,
@@ -272,14 +274,14 @@ def _half_maximum_width(
 
 def measure_fwhm(
     masked_image: MaskedImage,
-    sources: Table | None = None,
+    sources: Table | SourceCatalog | None = None,
     *,
     fwhm_pix: float | None = None,
     saturation: float | None = None,
     bad_mask_bits: int | None = None,
     min_sources: int = 3,
     max_sources: int = 12,
-    detections: Table | None = None,
+    detections: Table | SourceCatalog | None = None,
 ) -> float:
     """Measure the PSF FWHM from the profiles of isolated, unsaturated stars.
 
@@ -287,7 +289,7 @@ def measure_fwhm(
     ----------
     masked_image : MaskedImage
         Image (ADU or e-), mask and variance; not modified.
-    sources : astropy.table.Table, optional
+    sources : astropy.table.Table or SourceCatalog, optional
         Stars to use, with parent ``x``, ``y`` and (unless ``fwhm_pix``) ``fwhm`` columns,
         e.g. from `select_kernel_sources`.  If None they are detected and selected here.
     fwhm_pix : float, optional
@@ -299,7 +301,7 @@ def measure_fwhm(
         Fewest stars with a successful fit.
     max_sources : int
         Most stars fitted (the first rows of ``sources``, i.e. the highest S/N).
-    detections : astropy.table.Table, optional
+    detections : astropy.table.Table or SourceCatalog, optional
         A `detect_sources` table of this image to select the stars from (when ``sources``
         is None) instead of detecting again, e.g. the detections kernel stars are
         selected from.
@@ -329,7 +331,7 @@ def measure_fwhm(
     bad_bits = _bad_bits(masked_image, bad_mask_bits)
     if sources is None:
         if detections is None:
-            detections = detect_sources(masked_image, fwhm_pix=fwhm_pix, bad_mask_bits=bad_bits)
+            detections = _detect_sources(masked_image, fwhm_pix=fwhm_pix, bad_mask_bits=bad_bits)
         guess = fwhm_pix or _half_maximum_width(masked_image, detections, saturation, bad_bits)
         if not guess or not guess > 0:
             raise InsufficientKernelSourcesError(0, min_sources, "no stars detected")
@@ -338,9 +340,9 @@ def measure_fwhm(
             "stamp_half_width": math.ceil(FIT_STAMP_FWHM * guess), "saturation": saturation,
             "bad_mask_bits": bad_bits, "detections": detections,
         }  # fmt: skip
-        sources = select_kernel_sources(masked_image, **options)
+        sources = _select_kernel_sources(masked_image, **options)
         if len(sources) < min_sources:  # a crowded field: sep flags nearly every star blended
-            sources = select_kernel_sources(masked_image, ignore_tests=("blended",), **options)
+            sources = _select_kernel_sources(masked_image, ignore_tests=("blended",), **options)
     if fwhm_pix is None and "fwhm" not in sources.colnames:
         msg = "sources has no 'fwhm' column; pass fwhm_pix as a starting guess"
         raise DiffimValueError(msg)
@@ -372,7 +374,7 @@ def _local_peaks(masked_image: MaskedImage, x: np.ndarray, y: np.ndarray, half: 
 
 def measure_fwhm_forced(
     masked_image: MaskedImage,
-    sources: Table,
+    sources: Table | SourceCatalog,
     *,
     fwhm_pix: float,
     saturation: float | None = None,
@@ -391,7 +393,7 @@ def measure_fwhm_forced(
     masked_image : MaskedImage
         Image (ADU or e-), mask and variance, on the pixel grid the stars were found on;
         not modified.
-    sources : astropy.table.Table
+    sources : astropy.table.Table or SourceCatalog
         Stars with parent ``x``, ``y``, best first, e.g. `select_kernel_sources` of the
         other image.
     fwhm_pix : float

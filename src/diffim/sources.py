@@ -8,6 +8,9 @@ measures the PSF's width from these stars.
 
 All coordinates in the returned tables are *parent* pixel coordinates (``xy0`` added), with
 pixel centres on integers; all lengths are in pixels and fluxes in image units (ADU or e-).
+The public functions return astropy Tables; diffim's own callers use `_detect_sources` and
+`_select_kernel_sources`, which return the same columns as a `SourceCatalog` and so never
+import astropy.table.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sep
 
+from .catalog import SourceCatalog
 from .errors import DiffimValueError, MaskedPixelsWarning
 from .image import MaskedImage, bits_set
 from .psf import FWHM_PER_SIGMA
@@ -272,8 +276,24 @@ def detect_sources(
     Without ``fwhm_pix`` the reference FWHM is the stellar locus: the densest 25%-wide
     interval of ``fwhm`` among unflagged detections brighter than the median.
     """
-    from astropy.table import Table  # lazy: astropy.table costs ~0.2 s to import
+    return _detect_sources(
+        masked_image,
+        threshold_sigma=threshold_sigma,
+        min_area=min_area,
+        fwhm_pix=fwhm_pix,
+        bad_mask_bits=bad_mask_bits,
+    ).to_table()
 
+
+def _detect_sources(
+    masked_image: MaskedImage,
+    *,
+    threshold_sigma: float = 5.0,
+    min_area: int = 5,
+    fwhm_pix: float | None = None,
+    bad_mask_bits: int | None = None,
+) -> SourceCatalog:
+    """Return `detect_sources`'s table as a `SourceCatalog` (same parameters)."""
     _check_positive(threshold_sigma=threshold_sigma, min_area=min_area, fwhm_pix=fwhm_pix)
     bad_bits = _bad_bits(masked_image, bad_mask_bits)
     data, bad, variance = _prepare(masked_image, bad_bits)
@@ -284,7 +304,7 @@ def detect_sources(
     meta = {"threshold_sigma": float(threshold_sigma), "bad_mask_bits": bad_bits}
     if len(objects) == 0:
         columns = {name: np.zeros(0, dtype) for name, dtype in DETECTION_DTYPES.items()}
-        return Table(columns, meta={"fwhm_pix": fwhm_pix, **meta})
+        return SourceCatalog(columns, meta={"fwhm_pix": fwhm_pix, **meta})
     columns, reference = _measure(objects, data, variance, bad, fwhm_pix)
     ny, nx = data.shape
     ix = np.clip(np.rint(columns["x"]).astype(int), 0, nx - 1)
@@ -296,9 +316,8 @@ def detect_sources(
         theta=objects["theta"], npix=objects["npix"],
     )  # fmt: skip
     log.debug("detected %d sources above %.1f sigma", len(objects), threshold_sigma)
-    return Table(
-        [np.asarray(columns[name], dtype) for name, dtype in DETECTION_DTYPES.items()],
-        names=list(DETECTION_DTYPES),
+    return SourceCatalog(
+        {name: np.array(columns[name], dtype) for name, dtype in DETECTION_DTYPES.items()},
         meta={"fwhm_pix": float(reference), **meta},
     )
 
@@ -367,7 +386,9 @@ def _crowded(x: np.ndarray, y: np.ndarray, flux: np.ndarray, half_width: int) ->
     return crowded
 
 
-def _rejections(table: Table, masked_image: MaskedImage, bad_bits: int, options: dict) -> dict:
+def _rejections(
+    table: SourceCatalog, masked_image: MaskedImage, bad_bits: int, options: dict
+) -> dict:
     """Return a boolean array per rejection test (True = rejected) plus ``edge``."""
     flag, snr, fwhm = (np.asarray(table[name]) for name in ("flag", "snr", "fwhm"))
     none = np.zeros(len(table), dtype=bool)
@@ -411,7 +432,7 @@ def select_kernel_sources(
     max_sources: int | None = None,
     fwhm_band: tuple[float, float] = (0.75, 1.3),
     min_axis_ratio: float = 0.7,
-    detections: Table | None = None,
+    detections: Table | SourceCatalog | None = None,
     return_all: bool = False,
     ignore_tests: tuple[str, ...] = (),
 ) -> Table:
@@ -442,7 +463,7 @@ def select_kernel_sources(
     min_axis_ratio : float
         Smallest accepted b/a of sep's isophotal ellipse, relative to the median b/a of the
         locus stars (so an elongated PSF does not reject every star).
-    detections : astropy.table.Table, optional
+    detections : astropy.table.Table or SourceCatalog, optional
         A `detect_sources` table to select from instead of detecting again.
     return_all : bool
         If True return every detection with the test columns, else only the kept ones.
@@ -472,13 +493,51 @@ def select_kernel_sources(
     there), while pairs 6 px apart that sep cannot deblend (PSF FWHM 4-5 px) have
     ``fwhm`` 1.37-1.42 times the locus and b/a 0.60-0.65.
     """
+    return _select_kernel_sources(
+        masked_image,
+        stamp_half_width=stamp_half_width,
+        fwhm_pix=fwhm_pix,
+        threshold_sigma=threshold_sigma,
+        min_snr=min_snr,
+        max_snr=max_snr,
+        saturation=saturation,
+        saturation_fraction=saturation_fraction,
+        bad_mask_bits=bad_mask_bits,
+        max_sources=max_sources,
+        fwhm_band=fwhm_band,
+        min_axis_ratio=min_axis_ratio,
+        detections=detections,
+        return_all=return_all,
+        ignore_tests=ignore_tests,
+    ).to_table()
+
+
+def _select_kernel_sources(
+    masked_image: MaskedImage,
+    *,
+    stamp_half_width: int,
+    fwhm_pix: float | None = None,
+    threshold_sigma: float = 5.0,
+    min_snr: float = 10.0,
+    max_snr: float | None = None,
+    saturation: float | None = None,
+    saturation_fraction: float = 0.8,
+    bad_mask_bits: int | None = None,
+    max_sources: int | None = None,
+    fwhm_band: tuple[float, float] = (0.75, 1.3),
+    min_axis_ratio: float = 0.7,
+    detections: Table | SourceCatalog | None = None,
+    return_all: bool = False,
+    ignore_tests: tuple[str, ...] = (),
+) -> SourceCatalog:
+    """Return `select_kernel_sources`'s table as a `SourceCatalog` (same parameters)."""
     _check_positive(stamp_half_width=stamp_half_width, min_snr=min_snr, max_sources=max_sources)
     if not 0 < saturation_fraction <= 1:
         msg = f"saturation_fraction must be in (0, 1], got {saturation_fraction!r}"
         raise DiffimValueError(msg)
     bad_bits = _bad_bits(masked_image, bad_mask_bits)
     if detections is None:
-        detections = detect_sources(
+        detections = _detect_sources(
             masked_image, threshold_sigma=threshold_sigma, fwhm_pix=fwhm_pix,
             bad_mask_bits=bad_bits,
         )  # fmt: skip
@@ -487,20 +546,20 @@ def select_kernel_sources(
         "saturation": saturation, "saturation_fraction": saturation_fraction,
         "fwhm_band": fwhm_band, "min_axis_ratio": min_axis_ratio,
     }  # fmt: skip
-    table = detections.copy()
-    tests = _rejections(table, masked_image, bad_bits, options)
-    table.meta["stellar_fwhm"] = tests.pop("reference")
+    catalog = SourceCatalog.from_table(detections)  # new columns go to this catalog only
+    tests = _rejections(catalog, masked_image, bad_bits, options)
+    catalog.meta["stellar_fwhm"] = tests.pop("reference")
     for name in ignore_tests:
-        tests[name] = np.zeros(len(table), dtype=bool)
-    reasons = np.full(len(table), "", dtype="U16")
+        tests[name] = np.zeros(len(catalog), dtype=bool)
+    reasons = np.full(len(catalog), "", dtype="U16")
     for name in reversed(REJECT_REASONS):  # the first failed test writes last
         reasons[tests[name]] = REJECT_REASONS[name]
     for name in (*REJECT_REASONS, "edge"):
-        table[name] = tests[name]
-    table["reject_reason"] = reasons
-    table["selected"] = reasons == ""
-    table.sort("snr", reverse=True)
-    log.info("kernel sources: %d of %d detections kept", table["selected"].sum(), len(table))
+        catalog[name] = tests[name]
+    catalog["reject_reason"] = reasons
+    catalog["selected"] = reasons == ""
+    catalog = catalog[np.argsort(catalog["snr"])[::-1]]  # as Table.sort("snr", reverse=True)
+    log.info("kernel sources: %d of %d detections kept", catalog["selected"].sum(), len(catalog))
     if return_all:
-        return table
-    return table[table["selected"]][:max_sources]
+        return catalog
+    return catalog[catalog["selected"]][:max_sources]

@@ -3,7 +3,9 @@
 `pair_fwhm` measures both images' FWHMs from a single sep detection of the science image
 (the template's is fitted at the science stars), and that detection also gives the kernel
 stars.  `ImagePsfMatchTask.pair_fwhm` and `ImagePsfMatchTask.detect_kernel_sources` call
-these functions with the task's config.
+these functions with the task's config.  The detections travel as a `SourceCatalog`
+(`_detect_kernel_sources`), so that a subtraction never imports astropy.table; the public
+`detect_kernel_sources` returns them as an astropy Table.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from .config import ImagePsfMatchConfig
 from .errors import InsufficientKernelSourcesError
 from .fwhm import FIT_STAMP_FWHM, measure_fwhm, measure_fwhm_forced
 from .image import Exposure
-from .sources import FWHM_PER_SIGMA, detect_sources, select_kernel_sources
+from .sources import FWHM_PER_SIGMA, _detect_sources, _select_kernel_sources
 
 if TYPE_CHECKING:  # astropy.table costs ~0.1 s to import
     from astropy.table import Table
+
+    from .catalog import SourceCatalog
 
 __all__ = [
     "PairFwhm",
@@ -39,14 +43,15 @@ class PairFwhm:
     ----------
     template_fwhm_pix, science_fwhm_pix : float
         PSF FWHMs in pixels.
-    science_detections : astropy.table.Table or None
-        The science image's `detect_kernel_sources` table, to select the
-        kernel stars from; None when no detection was needed.
+    science_detections : SourceCatalog, astropy.table.Table or None
+        The science image's `detect_kernel_sources` table (the one given to `pair_fwhm`,
+        else a `SourceCatalog` of the same columns), to select the kernel stars from;
+        None when no detection was needed.
     """
 
     template_fwhm_pix: float
     science_fwhm_pix: float
-    science_detections: Table | None = None
+    science_detections: SourceCatalog | Table | None = None
 
 
 def select_bad_bits(exposure: Exposure, config: ImagePsfMatchConfig) -> int:
@@ -74,12 +79,22 @@ def detect_kernel_sources(
     astropy.table.Table
         A `diffim.sources.detect_sources` table (parent pixels).
     """
+    return _detect_kernel_sources(exposure, config, sigma, do_smooth).to_table()
+
+
+def _detect_kernel_sources(
+    exposure: Exposure,
+    config: ImagePsfMatchConfig,
+    sigma: float | None = None,
+    do_smooth: bool = True,
+) -> SourceCatalog:
+    """Return `detect_kernel_sources`'s table as a `SourceCatalog` (same parameters)."""
     fwhm = None
     if do_smooth:
         fwhm = sigma * FWHM_PER_SIGMA if sigma is not None else None
         if fwhm is None and exposure.psf is not None:
             fwhm = float(exposure.psf.fwhm(*exposure.bbox.center))
-    return detect_sources(
+    return _detect_sources(
         exposure.masked_image,
         threshold_sigma=config.selectDetectionThreshold,
         fwhm_pix=fwhm,
@@ -95,7 +110,7 @@ def pair_fwhm(
     *,
     template_fwhm_pix: float | None = None,
     science_fwhm_pix: float | None = None,
-    science_detections: Table | None = None,
+    science_detections: SourceCatalog | Table | None = None,
     select_stars: bool = True,
 ) -> PairFwhm:
     """Return the template and science FWHMs, detecting at most the science image.
@@ -116,7 +131,7 @@ def pair_fwhm(
         Where to report measured FWHMs.
     template_fwhm_pix, science_fwhm_pix : float, optional
         Known FWHMs (pixels).
-    science_detections : astropy.table.Table, optional
+    science_detections : SourceCatalog or astropy.table.Table, optional
         The science image's `detect_kernel_sources` table, if made already.
     select_stars : bool
         Whether kernel stars will be selected on the science image: the detection
@@ -130,7 +145,7 @@ def pair_fwhm(
     science_needs = science_fwhm_pix is None and science.psf is None
     template_needs = template_fwhm_pix is None and template.psf is None
     if detections is None and (science_needs or (template_needs and select_stars)):
-        detections = detect_kernel_sources(science, config)
+        detections = _detect_kernel_sources(science, config)
     fwhm_science = science_fwhm_pix
     if fwhm_science is None:
         fwhm_science = exposure_fwhm(science, "science", log, detections=detections)
@@ -138,7 +153,7 @@ def pair_fwhm(
     if fwhm_template is None:
         stars = None
         if template_needs and detections is not None:
-            stars = select_kernel_sources(
+            stars = _select_kernel_sources(
                 science.masked_image,
                 stamp_half_width=math.ceil(FIT_STAMP_FWHM * fwhm_science),
                 saturation=science.saturation,
@@ -156,8 +171,8 @@ def exposure_fwhm(
     name: str,
     log: logging.Logger,
     *,
-    detections: Table | None = None,
-    stars: Table | None = None,
+    detections: SourceCatalog | Table | None = None,
+    stars: SourceCatalog | Table | None = None,
     fwhm_guess: float | None = None,
 ) -> float:
     """FWHM (pixels) of an exposure's PSF at its centre, measured from stars if it has none.
@@ -170,7 +185,7 @@ def exposure_fwhm(
         What to call the image in the log.
     log : logging.Logger
         Where to report a measured FWHM.
-    detections : astropy.table.Table, optional
+    detections : SourceCatalog or astropy.table.Table, optional
         A `diffim.sources.detect_sources` table of this exposure (such as
         `detect_kernel_sources` gives) to measure from instead of
         detecting again.

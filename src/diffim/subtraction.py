@@ -25,6 +25,7 @@ from .task import ImagePsfMatchTask
 if TYPE_CHECKING:
     from astropy.table import Table
 
+    from .catalog import SourceCatalog
     from .psf import ImagePsf
 
 __all__ = ["as_exposure", "choose_convolve_template", "subtract"]
@@ -76,7 +77,7 @@ def subtract(
     warp: bool = True,
     keep_matched: bool = True,
     overwrite_science: bool = False,
-    science_detections: Table | None = None,
+    science_detections: SourceCatalog | Table | None = None,
     **overrides: Any,
 ) -> ExposureSubtractResult:
     """Subtract ``template`` from ``science`` in one call.
@@ -107,7 +108,7 @@ def subtract(
         planes, overwriting them: no matched image is allocated at all (see
         `ImagePsfMatchTask.subtractExposures`).  Ignored with ``decorrelate``, which needs
         the science variance, and when the science image is convolved.
-    science_detections : astropy.table.Table, optional
+    science_detections : SourceCatalog or astropy.table.Table, optional
         The science image's `ImagePsfMatchTask.detect_kernel_sources` table, if already
         made (the command line detects before it reads the template, which lowers its
         peak memory); detected here otherwise.

@@ -37,6 +37,8 @@ from .qa import _diagnose, _flatten, _kernel_sums_on_grid, _metadata
 if TYPE_CHECKING:  # imported where used: astropy.table, the PSF models and warping are slow
     from astropy.table import Table
 
+    from ..catalog import SourceCatalog
+
 
 class ImagePsfMatchTask(_KernelStarMethods):
     """Match the PSF of a template image to that of a science image, and subtract.
@@ -97,8 +99,9 @@ class ImagePsfMatchTask(_KernelStarMethods):
         scienceMaskedImage : MaskedImage
             Image to match to.
         candidateList : table or sequence
-            Kernel star positions in parent pixels: an astropy Table with ``x``/``y``
-            columns, a list of ``(x, y)`` pairs, or a list of dicts with ``"x"``, ``"y"``.
+            Kernel star positions in parent pixels: an astropy Table or `SourceCatalog`
+            with ``x``/``y`` columns, a list of ``(x, y)`` pairs, or a list of dicts with
+            ``"x"``, ``"y"``.
         templateFwhmPix, scienceFwhmPix : float, optional
             PSF FWHMs in pixels, used to size the Alard-Lupton basis; the config's sigmas
             and ``kernelSize`` are used when either is missing.
@@ -181,7 +184,7 @@ class ImagePsfMatchTask(_KernelStarMethods):
         doWarping: bool = True,
         convolveTemplate: bool = True,
         *,
-        scienceDetections: Table | None = None,
+        scienceDetections: SourceCatalog | Table | None = None,
         subtract_from: MaskedImage | None = None,
     ) -> ExposureMatchResult:
         """PSF-match two exposures (spec §1.3).
@@ -198,7 +201,7 @@ class ImagePsfMatchTask(_KernelStarMethods):
             Allow warping the template onto the science grid.
         convolveTemplate : bool
             Convolve the template (True) or the science image (False).
-        scienceDetections : astropy.table.Table, optional
+        scienceDetections : SourceCatalog or astropy.table.Table, optional
             The science image's `detect_kernel_sources` table; detected here if needed
             (see `pair_fwhm`).
         subtract_from : MaskedImage, optional
@@ -236,8 +239,8 @@ class ImagePsfMatchTask(_KernelStarMethods):
         candidates = candidateList
         if candidates is None:  # matchMaskedImages vets their stamps (makeCandidateList's job)
             kernel_size = self.makeKernelBasisList(fwhm_convolved, fwhm_reference).kernel_size
-            candidates = self.getSelectSources(
-                scienceExposure, kernelSize=kernel_size, detections=fwhm.science_detections
+            candidates = self._select_kernel_sources(
+                scienceExposure, kernel_size, fwhm.science_detections
             )
         result = self.matchMaskedImages(
             to_convolve.masked_image,
@@ -285,7 +288,7 @@ class ImagePsfMatchTask(_KernelStarMethods):
         doWarping: bool = True,
         convolveTemplate: bool = True,
         *,
-        scienceDetections: Table | None = None,
+        scienceDetections: SourceCatalog | Table | None = None,
         keep_matched: bool = True,
         overwrite_science: bool = False,
     ) -> ExposureSubtractResult:

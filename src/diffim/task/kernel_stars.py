@@ -2,7 +2,9 @@
 
 `_KernelStarMethods` holds the methods of `ImagePsfMatchTask` that find the stars a kernel
 is fitted to (ip_diffim's ``getFwhmPix``, ``getSelectSources``, ``makeCandidateList``) and
-run `diffim.stars` with the task's config; the task inherits them.
+run `diffim.stars` with the task's config; the task inherits them.  The public methods
+return astropy Tables; the task's own subtraction path selects through
+`_select_kernel_sources`, which returns a `SourceCatalog` and imports no astropy.table.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import stars
 from ..errors import DiffimValueError
-from ..sources import CROWDING_TESTS, select_kernel_sources
+from ..sources import CROWDING_TESTS, _select_kernel_sources
 from ..stars import PairFwhm
 from .cell_set import DF_STAMP_KERNEL_HALF_WIDTHS, _build_cell_set, _n_fit_parameters, _positions
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:  # imported where used: astropy.table is slow
 
     from astropy.table import Table
 
+    from ..catalog import SourceCatalog
     from ..config import ImagePsfMatchConfig
     from ..image import Exposure
 
@@ -81,7 +84,7 @@ class _KernelStarMethods:
         *,
         template_fwhm_pix: float | None = None,
         science_fwhm_pix: float | None = None,
-        science_detections: Table | None = None,
+        science_detections: SourceCatalog | Table | None = None,
         select_stars: bool = True,
     ) -> PairFwhm:
         """Return the template and science FWHMs, detecting at most the science image.
@@ -110,7 +113,7 @@ class _KernelStarMethods:
         doSmooth: bool = True,
         kernelSize: int | None = None,
         *,
-        detections: Table | None = None,
+        detections: SourceCatalog | Table | None = None,
     ) -> Table:
         """Detect and select kernel stars on an exposure (spec §1.7).
 
@@ -125,7 +128,7 @@ class _KernelStarMethods:
         kernelSize : int, optional
             Size (pixels) of the kernel to be fitted: sets the stamp box that must be free of
             masked pixels and brighter neighbours; the config's ``kernelSize`` if omitted.
-        detections : astropy.table.Table, optional
+        detections : astropy.table.Table or SourceCatalog, optional
             The exposure's `detect_kernel_sources` table, to select from instead of
             detecting again (``sigma`` and ``doSmooth`` are then unused).
 
@@ -135,8 +138,21 @@ class _KernelStarMethods:
             Kept stars, highest S/N first, with parent ``x``, ``y``, ``flux``, ``snr``, ...
         """
         if detections is None:
-            detections = self.detect_kernel_sources(exposure, sigma, doSmooth)
-        kernel_size = self.config.kernel.active.kernelSize if kernelSize is None else kernelSize
+            detections = stars._detect_kernel_sources(exposure, self.config, sigma, doSmooth)
+        return self._select_kernel_sources(exposure, kernelSize, detections).to_table()
+
+    def _select_kernel_sources(
+        self,
+        exposure: Exposure,
+        kernel_size: int | None,
+        detections: SourceCatalog | Table | None,
+    ) -> SourceCatalog:
+        """Return `getSelectSources`'s stars as a `SourceCatalog`; detected with the
+        default filter when ``detections`` is None."""
+        if detections is None:
+            detections = stars._detect_kernel_sources(exposure, self.config)
+        if kernel_size is None:
+            kernel_size = self.config.kernel.active.kernelSize
         options = {
             "stamp_half_width": self.stamp_half_width(kernel_size),
             "min_snr": self.config.selectMinSnr,
@@ -146,9 +162,9 @@ class _KernelStarMethods:
             "bad_mask_bits": self._select_bad_bits(exposure),
             "detections": detections,
         }
-        sources = select_kernel_sources(exposure.masked_image, **options)
+        sources = _select_kernel_sources(exposure.masked_image, **options)
         if len(sources) < MIN_ISOLATED_SOURCES:
-            crowded = select_kernel_sources(
+            crowded = _select_kernel_sources(
                 exposure.masked_image, ignore_tests=CROWDING_TESTS, **options
             )
             if len(crowded) > len(sources):
@@ -168,7 +184,7 @@ class _KernelStarMethods:
         kernelSize: int,
         candidateList: Any = None,
         *,
-        scienceDetections: Table | None = None,
+        scienceDetections: SourceCatalog | Table | None = None,
     ) -> Table:
         """Return the kernel stars whose stamps are usable in both images (spec §1.8).
 
@@ -186,9 +202,7 @@ class _KernelStarMethods:
 
         sources = candidateList
         if sources is None:
-            sources = self.getSelectSources(
-                scienceExposure, kernelSize=kernelSize, detections=scienceDetections
-            )
+            sources = self._select_kernel_sources(scienceExposure, kernelSize, scienceDetections)
         positions = _positions(sources)
         cfg = self.config.kernel.active
         cell_set, _ = _build_cell_set(
