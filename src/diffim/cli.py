@@ -257,9 +257,10 @@ def _run_subtract(args: argparse.Namespace) -> int:
     log.info("read the science image in %.2f s", time.perf_counter() - started)
     detections = None
     if not args.tiles:  # detect while the template is still on disk: a lower memory peak
-        from .task import ImagePsfMatchTask
+        from .stars import _detect_kernel_sources  # a SourceCatalog: no astropy.table
 
-        detections = ImagePsfMatchTask(config).detect_kernel_sources(science)
+        config.validate()  # as the task would: a bad field is reported before detecting
+        detections = _detect_kernel_sources(science, config)
     read_start = time.perf_counter()
     template = read_exposure(
         args.template, variance=args.template_variance, mask=args.template_mask, **options
