@@ -223,11 +223,12 @@ def _timed(times: StageTimes, name: str, func: Callable[..., Any]) -> Callable[.
     return wrapper
 
 
-#: What `stage_timers` wraps: the science detection (`diffim.stars`) and the Task's methods.
+#: What `stage_timers` wraps: the science detection (`diffim.stars`) and the Task's methods;
+#: the detection and the selection as `diffim.subtract` calls them (their SourceCatalog forms).
 TIMED_METHODS = (
-    (stars, "detect_kernel_sources"),
+    (stars, "_detect_kernel_sources"),
     (ImagePsfMatchTask, "pair_fwhm"),
-    (ImagePsfMatchTask, "getSelectSources"),
+    (ImagePsfMatchTask, "_select_kernel_sources"),
     (ImagePsfMatchTask, "matchExposures"),
     (ImagePsfMatchTask, "matchMaskedImages"),
     (ImagePsfMatchTask, "subtractExposures"),
@@ -274,9 +275,9 @@ def subtract_in_process(science_path: Path, template_path: Path, output: Path) -
     metadata = result.metadata
     seconds = {name: times.seconds.get(name, 0.0) for _, name in TIMED_METHODS}
     seconds.update(times.seconds)
-    seconds["detect"] = seconds["detect_kernel_sources"]
-    seconds["fwhm"] = seconds["pair_fwhm"] - seconds["detect_kernel_sources"]
-    seconds["select"] = seconds["getSelectSources"]
+    seconds["detect"] = seconds["_detect_kernel_sources"]
+    seconds["fwhm"] = seconds["pair_fwhm"] - seconds["_detect_kernel_sources"]
+    seconds["select"] = seconds["_select_kernel_sources"]
     seconds["stamps_cells"] = metadata["time_candidates"]
     # registration checks and kernel basis: what subtract() and matchExposures() do besides
     # the wrapped calls
@@ -285,7 +286,7 @@ def subtract_in_process(science_path: Path, template_path: Path, output: Path) -
         - seconds["subtractExposures"]
         + seconds["matchExposures"]
         - seconds["pair_fwhm"]
-        - seconds["getSelectSources"]
+        - seconds["_select_kernel_sources"]
         - seconds["matchMaskedImages"]
     )
     seconds["candidates"] = sum(seconds[part] for part in CANDIDATE_PARTS)
