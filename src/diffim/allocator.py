@@ -32,11 +32,10 @@ GC_YOUNG_THRESHOLD = 20_000
 def keep_freed_memory() -> None:
     """Let glibc reuse freed memory for large arrays instead of mapping fresh pages.
 
-    All threads share one arena, so that what one thread frees another reuses: the
-    command's detection thread frees 36 MiB of working arrays that the template is then
-    read into, and the FFT tile threads reuse each other's buffers (with an arena per
-    thread, a 2048² subtraction peaked 75 MiB higher).  A no-op where the C library has
-    no ``mallopt`` (not glibc).
+    All threads share one arena, so that what one thread frees another reuses: with an
+    arena per thread, each FFT tile thread of the convolution kept buffers of its own (a
+    2048² subtraction peaked 10 MiB higher).  A no-op where the C library has no
+    ``mallopt`` (not glibc).
     """
     try:
         libc = ctypes.CDLL(None)
