@@ -118,6 +118,18 @@ def test_header_cards_lookup_and_astropy_round_trip():
     assert Header.from_astropy(converted).cards == header.cards
 
 
+def test_blank_keyword_cards_are_read(tmp_path):
+    """A header with blank-keyword (commentary) cards, common in observatory files, reads."""
+    header = fits.Header([("OBJECT", "M31", ""), ("", "------ exposure ------", "")])
+    path = tmp_path / "blank.fits"
+    fits.PrimaryHDU(np.ones(SHAPE, dtype=np.float32), header=header).writeto(path)
+    with pytest.warns(VarianceEstimatedWarning):
+        exposure = read_exposure(path, gain=2.0)
+    assert exposure.metadata["OBJECT"] == "M31"
+    write_exposure(exposure, tmp_path / "out.fits")
+    assert read_exposure(tmp_path / "out.fits").metadata["OBJECT"] == "M31"
+
+
 def test_metadata_round_trip(tmp_path):
     exposure = Exposure(
         make_masked_image(),

@@ -120,9 +120,9 @@ def _describe(index: int, hdu: Any) -> Hdu:
     records = hdu.read_header().records()
     compressed = bool(info.get("is_compressed_image"))
     cards = (
-        (record["name"], record.get("value"), record.get("comment") or "")
-        for record in records
-        if not (compressed and _COMPRESSION_KEY.match(record["name"]))
+        (record["name"] or "", record.get("value"), record.get("comment") or "")
+        for record in records  # a blank keyword (commentary text) has the name None
+        if not (compressed and _COMPRESSION_KEY.match(record["name"] or ""))
     )
     header = Header(cards)
     shape: tuple[int, ...] = ()
@@ -155,8 +155,8 @@ def write_fits(path: str, hdus: Sequence[tuple[np.ndarray | None, Header]]) -> N
                 if keyword.upper() not in COMMENTARY_KEYS
                 else {"name": keyword.upper(), "value": value}
                 for keyword, value, comment in header.cards
-                if not _STRUCTURAL_KEY.match(keyword.upper())
-            ]
+                if keyword and not _STRUCTURAL_KEY.match(keyword.upper())
+            ]  # blank-keyword cards (layout text) are not written
             fits_file.write(data, header=records, extname=header.get("EXTNAME"))
             info = fits_file[-1].get_info()
             header_spans.append((info["header_start"], info["data_start"]))
