@@ -118,6 +118,21 @@ def test_header_cards_lookup_and_astropy_round_trip():
     assert Header.from_astropy(converted).cards == header.cards
 
 
+def test_cards_fits_cannot_hold_are_skipped_with_a_warning(tmp_path, caplog):
+    """A metadata keyword with '=' or a card longer than 80 characters is not written (cfitsio
+    would fail the whole file, or truncate the value silently); the rest is."""
+    metadata = {"bad key=1": 3, "k" * 60: "x" * 10, "good key": "x" * 10, "GAINCOR": 1.5}
+    path = tmp_path / "cards.fits"
+    with caplog.at_level("WARNING", logger="diffim.io"):
+        write_exposure(Exposure(make_masked_image(), metadata=metadata), path)
+    written = read_exposure(path).metadata
+    assert written["good key"] == "x" * 10
+    assert written["GAINCOR"] == 1.5
+    assert "bad key=1" not in written
+    assert "k" * 60 not in written
+    assert caplog.text.count("a HIERARCH card holds at most 80 characters") == 2
+
+
 def test_blank_keyword_cards_are_read(tmp_path):
     """A header with blank-keyword (commentary) cards, common in observatory files, reads."""
     header = fits.Header([("OBJECT", "M31", ""), ("", "------ exposure ------", "")])

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..fitswcs import exposure_wcs_cards
 from ..image import Exposure, MaskPlanes
+from ._fitsfile import CARD_BYTES, HIERARCH
 from ._header import Card, Header
 
 log = logging.getLogger("diffim.io")  # one logger for the package, named as before the split
@@ -44,6 +45,8 @@ _WCS_KEY = re.compile(
     r"|LTV|LTM|RADESYS|RADECSYS|EQUINOX|LONPOLE|LATPOLE|MJDREF|DATEREF)"
 )
 _FITS_KEYWORD = re.compile(r"^[A-Z0-9_-]{1,8}$")
+#: Characters a HIERARCH keyword may not hold: the value separator, and cfitsio's wildcards.
+_HIERARCH_FORBIDDEN = re.compile(r"[=?*#]")
 
 
 def _set_card(header: Header, key: str, value: Any) -> None:
@@ -65,7 +68,36 @@ def _set_card(header: Header, key: str, value: Any) -> None:
     ):
         log.warning("not writing header card %s: FITS cannot hold the value %r", key, value)
         return
-    header[key.upper() if _FITS_KEYWORD.match(key.upper()) else key] = value
+    if _FITS_KEYWORD.match(key.upper()):
+        header[key.upper()] = value
+    elif _fits_hierarch_card(key, value):
+        header[key] = value
+    else:
+        log.warning(
+            "not writing header card %s=%r: a HIERARCH card holds at most 80 characters and "
+            "no =, ?, * or # in its keyword",
+            key,
+            value,
+        )
+
+
+def _fits_hierarch_card(key: str, value: bool | int | float | str) -> bool:
+    """Whether ``HIERARCH key = value`` is a valid card of at most 80 characters.
+
+    cfitsio truncates a longer one silently (or loops forever on some), so it is refused
+    here, as astropy refused it; the value's width is that of cfitsio's format.
+    """
+    if not (key.isascii() and key.isprintable()) or _HIERARCH_FORBIDDEN.search(key):
+        return False
+    if isinstance(value, bool):
+        text = "T"
+    elif isinstance(value, str):
+        text = "'" + value.replace("'", "''") + "'"
+    elif isinstance(value, float):
+        text = f"{value:.15G}."  # cfitsio's double format; it may add a decimal point
+    else:
+        text = str(value)
+    return len(HIERARCH) + len(key) + len(" = ") + len(text) <= CARD_BYTES
 
 
 def _plane_header(exposure: Exposure, extname: str, wcs_cards: list[Card] | None = None) -> Header:
