@@ -70,11 +70,7 @@ class Hdu:
 
     def read(self) -> np.ndarray:
         """Return the pixels as a new native-byte-order array (BSCALE/BZERO applied)."""
-        data = self._hdu.read()
-        if not data.dtype.isnative:
-            data.byteswap(inplace=True)
-            data = data.view(data.dtype.newbyteorder("="))
-        return data
+        return self._hdu.read()
 
 
 @contextmanager
@@ -119,12 +115,11 @@ def _describe(index: int, hdu: Any) -> Hdu:
     info = hdu.get_info()
     records = hdu.read_header().records()
     compressed = bool(info.get("is_compressed_image"))
-    cards = (
+    cards = [
         (record["name"] or "", record.get("value"), record.get("comment") or "")
         for record in records  # a blank keyword (commentary text) has the name None
         if not (compressed and _COMPRESSION_KEY.match(record["name"] or ""))
-    )
-    header = Header(cards)
+    ]
     shape: tuple[int, ...] = ()
     integer = False
     if hdu.get_exttype() == "IMAGE_HDU" and info.get("ndims"):
@@ -134,7 +129,8 @@ def _describe(index: int, hdu: Any) -> Hdu:
             structure = [("XTENSION", "IMAGE", ""), ("BITPIX", int(info["img_type"]), "")]
             structure.append(("NAXIS", len(shape), ""))
             structure += [(f"NAXIS{i + 1}", n, "") for i, n in enumerate(reversed(shape))]
-            header = Header([*structure, *header.cards])
+            cards = structure + cards
+    header = Header(cards)
     name = str(info.get("extname") or "").strip().upper()
     return Hdu(index=index, name=name, header=header, shape=shape, integer=integer, _hdu=hdu)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,20 +22,6 @@ from ._layout import LSST_EXTNAMES, PathLike, PlaneSource, _exposure_fields, _xy
 from ._planes import _complete, _float_image, _mask_from_array, _variance_from_map
 
 log = logging.getLogger("diffim.io")  # one logger for the package, named as before the split
-
-
-def _with_fits(path: PathLike, reader: Callable[[list[Hdu]], Any]) -> Any:
-    """Open ``path`` and return ``reader(hdus)``; read errors become DiffimIOError."""
-    with open_fits(path) as hdus:
-        return reader(hdus)
-
-
-def _native(hdu: Hdu, label: str) -> np.ndarray:
-    """Return the pixels of a 2-d image HDU as a native-byte-order array of its own."""
-    if not hdu.is_2d_image:
-        msg = f"{label} holds a {len(hdu.shape)}-d array; a 2-d image is required"
-        raise DiffimIOError(msg)
-    return hdu.read()
 
 
 def _lsst_indices(hdus: list[Hdu]) -> dict[str, int]:
@@ -99,7 +84,7 @@ def _read_file(hdus: list[Hdu], path: PathLike, hdu: int | str | None) -> dict[s
         if index in taken:  # one HDU named for two planes: each plane gets its own array
             parts[kind] = taken[index].copy()
         else:
-            parts[kind] = taken[index] = _native(hdus[index], f"{path}[{kind}]")
+            parts[kind] = taken[index] = hdus[index].read()
         parts[kind + "_header"] = hdus[index].header.copy()
         shape = parts[kind].shape
         if shape != parts["IMAGE"].shape:
@@ -119,12 +104,9 @@ def _load_plane(source: PlaneSource, what: str) -> tuple[np.ndarray, Header | No
             raise DiffimValueError(msg)
         return source, None, f"{what} array"
 
-    def reader(hdus: list[Hdu]) -> tuple[np.ndarray, Header]:
-        index = _image_index(hdus, source, None)
-        return _native(hdus[index], str(source)), hdus[index].header
-
-    array, header = _with_fits(source, reader)
-    return array, header, f"{what} file {source}"
+    with open_fits(source) as hdus:
+        plane = hdus[_image_index(hdus, source, None)]
+        return plane.read(), plane.header, f"{what} file {source}"
 
 
 def _check_shape(array: np.ndarray, shape: tuple[int, ...], label: str, image_label: str) -> None:
@@ -192,7 +174,8 @@ def read_exposure(
         Non-finite pixels were set to 0 and masked NO_DATA.
     """
     _check_options(variance=variance, weight=weight, sigma=sigma, gain=gain, saturation=saturation)
-    parts = _with_fits(path, lambda hdus: _read_file(hdus, path, hdu))
+    with open_fits(path) as hdus:
+        parts = _read_file(hdus, path, hdu)
     image, label, header = _float_image(parts["IMAGE"]), parts["label"], parts["header"]
     mask_array, planes = _read_mask(parts, mask)
     maps = {"variance": variance, "weight": weight, "sigma": sigma}
