@@ -420,8 +420,12 @@ def test_iterate_single_kernel_refits_with_the_difference_variance():
             candidate, basis, variance=variance, fit_background=True,
             constant_variance_weighting=False,
         )  # fmt: skip
+        # float32 FFTs of a batch and of one stamp round differently (1e-7 of the peak)
+        scale = np.abs(expected.normal_matrix).max()
         np.testing.assert_allclose(
-            candidate.solutions["ORIG"].normal_matrix, expected.normal_matrix, rtol=1e-9
+            candidate.solutions["ORIG"].normal_matrix, expected.normal_matrix, atol=1e-5 * scale
         )
+        first_matrix = first[candidate.candidate_id].solutions["ORIG"].normal_matrix
+        assert np.abs(first_matrix - expected.normal_matrix).max() > 1e-3 * scale
         checked += 1
     assert checked >= 5

@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
-from .convolve import correlate_fft, resolve_workers
+from .convolve import correlate_fft, fft, resolve_workers
 from .errors import DiffimValueError, DiffimWarning
 from .image import MaskedImage, bits_set
 from .spatial import SpatialKernel
@@ -78,7 +77,7 @@ MAX_VARIANCE_RATIO = 1.0e8
 
 @dataclass(frozen=True, slots=True)
 class DecorrelationFilter:
-    """The decorrelation filter on one zero-padded FFT grid (``scipy.fft.rfft2`` layout).
+    """The decorrelation filter on one zero-padded FFT grid (`diffim.convolve.fft.rfft2` layout).
 
     Attributes
     ----------
@@ -96,7 +95,7 @@ class DecorrelationFilter:
 
     def real_space(self, transfer: np.ndarray, workers: int = 1) -> np.ndarray:
         """Return the kernel of a transfer function, centred on pixel ``(0, 0)`` (wrapped)."""
-        return scipy.fft.irfft2(transfer, s=self.fft_shape, workers=workers)
+        return fft.irfft2(transfer, self.fft_shape, workers)
 
     def noise_weights(self) -> tuple[float, float]:
         """Return ``(w_n, w_c)``: the sums of the squared real-space kernels ``φ`` and ``κ ∗ φ``.
@@ -121,7 +120,7 @@ def fft_shape(*shapes: tuple[int, int], fast: bool = True) -> tuple[int, int]:
 
     Per axis the two largest sizes are added, less one, and rounded up to even: a linear
     (not circular) convolution of the image with the largest kernel.  With ``fast`` the
-    size is then enlarged to ``scipy.fft.next_fast_len(n, real=True)`` (a 2-3-5-smooth
+    size is then enlarged to `diffim.convolve.fft.good_size` (a 2-3-5-smooth
     length): more padding only delays wrap-around further, and a 2068-pixel axis (2048 +
     21 - 1, with a factor 47) transforms several times slower than 2160.
     """
@@ -130,7 +129,7 @@ def fft_shape(*shapes: tuple[int, int], fast: bool = True) -> tuple[int, int]:
         sizes = sorted((shape[axis] for shape in shapes), reverse=True)
         n = sizes[0] + (sizes[1] - 1 if len(sizes) > 1 else 0)
         n += n % 2
-        result.append(scipy.fft.next_fast_len(n, real=True) if fast else n)
+        result.append(fft.good_size(n) if fast else n)
     return result[0], result[1]
 
 
@@ -186,7 +185,7 @@ def decorrelation_filter(
         msg = f"mean variances must be >= 0 and not both 0, got σ²_n={s_n}, σ²_c={s_c}"
         raise DiffimValueError(msg)
     padded = _centered_at_origin(kernel, shape)
-    kernel_hat = scipy.fft.rfft2(padded, workers=resolve_workers(workers))
+    kernel_hat = fft.rfft2(padded, workers=resolve_workers(workers))
     kernel_sum = float(kernel.sum())
     denominator = np.maximum(s_n + s_c * np.abs(kernel_hat) ** 2, 1000 * np.finfo(float).tiny)
     phi_hat = np.sqrt((s_n + s_c * kernel_sum**2) / denominator)
@@ -248,9 +247,9 @@ def _filtered(
 ) -> np.ndarray:
     """Filter a finite array by a transfer function on a zero-padded grid; crop it back."""
     ny, nx = array.shape
-    spectrum = scipy.fft.rfft2(array, s=shape, workers=workers)
+    spectrum = fft.rfft2(array, shape, workers)
     spectrum *= transfer
-    return scipy.fft.irfft2(spectrum, s=shape, workers=workers)[:ny, :nx]
+    return fft.irfft2(spectrum, shape, workers)[:ny, :nx]
 
 
 def _propagated_variance(
@@ -266,7 +265,7 @@ def _propagated_variance(
     for plane, mean, transfer in zip(planes, means, transfers, strict=True):
         finite = np.isfinite(plane)
         squared = decorrelation.real_space(transfer, workers) ** 2
-        squared_hat = scipy.fft.rfft2(squared, workers=workers)
+        squared_hat = fft.rfft2(squared, workers=workers)
         total += _filtered(
             np.where(finite, plane, mean), squared_hat, decorrelation.fft_shape, workers
         )

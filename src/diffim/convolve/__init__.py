@@ -18,11 +18,12 @@ Design, measured on 2 cores (2048² float32, kernel 21, order 2; bench_convolve.
 * Masks spread with a separable running OR (log-step shifts) of all bits at once, in
   row stripes on threads: 0.06 s for 4096² (1.6 s with per-bit ``maximum_filter1d``).
 
-The package is split by concept: `tiles` (the overlap-save tile engine, `correlate_fft`,
-`resolve_workers` and the thread helpers), `stamps` (small stamps: `correlate_valid_stack`,
-`correlate_valid_pairs`, `delta_function_shifts`), `masks` (`spread_mask`) and
-`spatial_convolution` (`convolve_image`, `convolve_masked_image`).  Every name is
-re-exported here: import from ``diffim.convolve``.  Each constant (``TILE_STEP`` in
+The package is split by concept: `fft` (the real FFTs, by ducc0), `tiles` (the
+overlap-save tile engine, `correlate_fft`, `resolve_workers` and the thread helpers),
+`stamps` (small stamps: `correlate_valid_stack`, `correlate_valid_pairs`,
+`delta_function_shifts`), `masks` (`spread_mask`) and `spatial_convolution`
+(`convolve_image`, `convolve_masked_image`).  Every name is re-exported here: import from
+``diffim.convolve``.  Each constant (``TILE_STEP`` in
 `tiles`, ``DIRECT_MIN_KERNELS`` in `stamps`, ``MASK_STRIPE_ROWS`` in `masks`) is read by
 the module that defines it, so patch it there: setting the copy here changes nothing.
 """

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import DiffimValueError
+from . import fft
 from .tiles import _check_kernels, _float_dtype, resolve_workers
 
 __all__ = ["correlate_valid_pairs", "correlate_valid_stack", "delta_function_shifts"]
@@ -23,7 +23,7 @@ __all__ = ["correlate_valid_pairs", "correlate_valid_stack", "delta_function_shi
 #: `correlate_valid_stack` uses im2col + matmul ("direct") from this many kernels on, FFTs
 #: below.  For 27 kernels on 43² stamps direct is at best 1.1-1.4x faster, but it runs on
 #: multithreaded OpenBLAS, whose small products slowed from 0.8 ms to 36 ms (median) with
-#: the other core busy (pytest -n 2, Dask); single-threaded pocketfft does not (1-7 ms).
+#: the other core busy (pytest -n 2, Dask); single-threaded FFTs do not (1-7 ms).
 DIRECT_MIN_KERNELS = 100
 
 
@@ -117,10 +117,10 @@ def correlate_valid_pairs(images: np.ndarray, kernels: np.ndarray) -> np.ndarray
         transform instead of ``n`` calls (2.5x faster for a pair of 43² stamps).
     """
     size = kernels.shape[1]
-    fft_shape = tuple(scipy.fft.next_fast_len(n, real=True) for n in images.shape[1:])
+    fft_shape = tuple(fft.good_size(n) for n in images.shape[1:])
     workers = resolve_workers(None)
-    product = np.conjugate(scipy.fft.rfft2(kernels, s=fft_shape, workers=workers))
-    product *= scipy.fft.rfft2(images, s=fft_shape, workers=workers)
+    product = np.conjugate(fft.rfft2(kernels, fft_shape, workers))
+    product *= fft.rfft2(images, fft_shape, workers)
     out_shape = (images.shape[1] - size + 1, images.shape[2] - size + 1)
     return _inverse_valid(product, fft_shape, out_shape, workers)
 
@@ -133,9 +133,9 @@ def _inverse_valid(
     The row transforms run only on the ``out_shape[0]`` rows kept: for stamps whose valid
     region is about half the transform (43² stamps, 21² kernels) this halves the work.
     """
-    rows = scipy.fft.ifft(spectrum, axis=-2, overwrite_x=True, workers=workers)
+    rows = fft.ifft(spectrum, -2, workers, in_place=True)
     rows = rows[..., : out_shape[0], :]
-    result = scipy.fft.irfft(rows, n=fft_shape[1], axis=-1, overwrite_x=True, workers=workers)
+    result = fft.irfft(rows, fft_shape[1], workers)
     return np.ascontiguousarray(result[..., : out_shape[1]])
 
 
@@ -162,9 +162,9 @@ def _stack_direct(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.
 
 
 def _stack_fft(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.ndarray:
-    fft_shape = tuple(scipy.fft.next_fast_len(n, real=True) for n in stamp.shape[-2:])
+    fft_shape = tuple(fft.good_size(n) for n in stamp.shape[-2:])
     workers = resolve_workers(None)  # batches of stamps: one transform per thread
-    product = scipy.fft.rfft2(basis, s=fft_shape)
+    product = fft.rfft2(basis, fft_shape)
     np.conjugate(product, out=product)
-    product = product * scipy.fft.rfft2(stamp, s=fft_shape, workers=workers)[..., None, :, :]
+    product = product * fft.rfft2(stamp, fft_shape, workers)[..., None, :, :]
     return _inverse_valid(product, fft_shape, out_shape, workers)

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import scipy.fft
 
 from ..errors import DiffimValueError
+from . import fft
 
 __all__ = ["correlate_fft", "resolve_workers"]
 
@@ -88,7 +88,7 @@ def _check_kernels(kernels: np.ndarray) -> np.ndarray:
 def _tile_axis(n_valid: int, half_width: int, target: int) -> tuple[int, int]:
     """Return ``(fft_length, step)`` that cover ``n_valid`` outputs with near-equal tiles."""
     n_tiles = -(-n_valid // target)
-    fft_length = scipy.fft.next_fast_len(-(-n_valid // n_tiles) + 2 * half_width, real=True)
+    fft_length = fft.good_size(-(-n_valid // n_tiles) + 2 * half_width)
     return fft_length, fft_length - 2 * half_width
 
 
@@ -125,10 +125,9 @@ def _correlate_valid_tiled(
     fft_shape = (fft_y, fft_x)
     # the kernels' spectra in the plane's precision, conjugated in place: for 15 float32
     # terms at 360² that is 8 MB, where float64 transforms, conjugate and cast held 39 MB
-    spectra = scipy.fft.rfft2(kernels.astype(_float_dtype(plane)), s=fft_shape)
+    spectra = fft.rfft2(kernels.astype(_float_dtype(plane)), fft_shape)
     np.conjugate(spectra, out=spectra)
     tiles = [(y, x) for y in range(0, n_valid_y, step_y) for x in range(0, n_valid_x, step_x)]
-    fft_workers = workers if len(tiles) == 1 else 1
     if weights is not None and x_groups is None:
         x_groups = range(len(kernels))
     fx_of = {} if weights is None else {x_groups[m]: weights[m][0] for m in range(len(kernels))}
@@ -137,18 +136,18 @@ def _correlate_valid_tiled(
         y0, x0 = corner
         height, width = min(step_y, n_valid_y - y0), min(step_x, n_valid_x - x0)
         block = plane[y0 : y0 + height + 2 * c, x0 : x0 + width + 2 * c]
-        spectrum = scipy.fft.rfft2(block, s=fft_shape, workers=fft_workers)
+        spectrum = fft.rfft2(block, fft_shape)
         product = np.empty_like(spectrum)
         if weights is None:
             for m, kernel_spectrum in enumerate(spectra):
                 np.multiply(spectrum, kernel_spectrum, out=product)
-                result = scipy.fft.irfft2(product, s=fft_shape, workers=fft_workers)
+                result = fft.irfft2(product, fft_shape)
                 out[m, y0 : y0 + height, x0 : x0 + width] = result[:height, :width]
             return
         columns: dict[int, np.ndarray] = {}  # per x group: rows inverted, columns not yet
         for m, kernel_spectrum in enumerate(spectra):
             np.multiply(spectrum, kernel_spectrum, out=product)
-            mixed = scipy.fft.ifft(product, axis=0, workers=fft_workers)[:height]
+            mixed = fft.ifft(product, 0)[:height]
             gy = weights[m][1]
             if gy is not None:
                 mixed *= gy[y0 : y0 + height, None]
@@ -158,7 +157,7 @@ def _correlate_valid_tiled(
                 columns[x_groups[m]] = mixed
         total = None
         for group, mixed in columns.items():
-            result = scipy.fft.irfft(mixed, n=fft_x, axis=1, workers=fft_workers)[:, :width]
+            result = fft.irfft(mixed, fft_x)[:, :width]
             if fx_of[group] is not None:
                 result *= fx_of[group][x0 : x0 + width]
             total = result if total is None else np.add(total, result, out=total)

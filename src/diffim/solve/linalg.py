@@ -2,7 +2,7 @@
 regularization penalty of the normal equations.
 
 A candidate's normal equations ``M a = b`` are symmetric positive semi-definite: they are
-solved directly when a factorisation (Cholesky for a batch, LU for one system) shows them
+solved directly when a Cholesky factorisation of their unit-diagonal scaling shows them
 invertible, otherwise by the pseudo-inverse of an eigen-decomposition that drops eigenvalues
 below ``n · eps · max|eigenvalue|`` (spec §3.7).  A delta-function basis may add a penalty
 ``λ H`` (spec §3.8), with λ fixed, relative to ``tr M``, or chosen by a risk estimate.
@@ -10,12 +10,10 @@ below ``n · eps · max|eigenvalue|`` (spec §3.7).  A delta-function basis may 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import scipy.linalg
 
 from ..errors import KernelSolutionError
 
@@ -106,7 +104,9 @@ def _regularization_risks(
     kept_vector = eigenvectors[:, keep] @ (eigenvectors[:, keep].T @ vector)
     # a relative 1e-12 ridge keeps M positive definite
     ridge = 1e-12 * np.trace(matrix) / len(matrix) * np.eye(len(matrix))
-    mu, q = scipy.linalg.eigh(penalty, matrix + ridge)
+    from scipy.linalg import eigh  # lazy: scipy.linalg costs ~0.3 s and 25 MiB to import
+
+    mu, q = eigh(penalty, matrix + ridge)
     projected, kept = q.T @ vector, q.T @ kept_vector
     scale = 1.0 / (1.0 + np.outer(lambdas, mu))  # (len(lambdas), n)
     return (scale**2) @ projected**2 - 2.0 * scale @ (projected * kept) + 2.0 * scale.sum(axis=1)
@@ -117,8 +117,9 @@ def solve_normal_equations(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray
 
     ``vector`` may hold several right-hand sides as columns, shape ``(n, k)``.
 
-    An LU factorisation is used when the matrix is invertible (every pivot above
-    ``n · eps · max|pivot|``); otherwise the pseudo-inverse of `eigen_solve`, which drops
+    As each system of `batch_solve`: directly when a Cholesky factorisation of the
+    unit-diagonal scaled matrix shows it invertible (every pivot above
+    ``n · eps · max(pivot)``), otherwise by the pseudo-inverse of `eigen_solve`, which drops
     eigenvalues below ``n · eps · max|eigenvalue|`` (ip_diffim drops only exact zeros,
     which lets round-off noise into the solution).
 
@@ -127,19 +128,11 @@ def solve_normal_equations(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray
     KernelSolutionError
         If the solution is not finite.
     """
-    n = matrix.shape[0]
-    tiny = n * np.finfo(float).eps
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        lu, pivots = scipy.linalg.lu_factor(matrix, check_finite=False)
-    diag = np.abs(np.diag(lu))
-    if np.all(np.isfinite(diag)) and diag.min() > tiny * diag.max():
-        solution = scipy.linalg.lu_solve((lu, pivots), vector, check_finite=False)
-    else:
-        solution = eigen_solve(matrix, vector)
+    columns = vector[:, None] if vector.ndim == 1 else vector
+    solution = batch_solve(matrix[None], columns[None])[0]
     if not np.all(np.isfinite(solution)):
         raise KernelSolutionError(NAN_SOLUTION)
-    return solution
+    return solution[:, 0] if vector.ndim == 1 else solution
 
 
 NAN_SOLUTION = "unable to determine kernel solution: the normal equations gave NaN coefficients"
