@@ -330,7 +330,7 @@ def test_stamp_leaving_the_image_is_flagged_not_rejected():
 
 
 def test_masked_stamp_test_is_the_same_for_sparse_and_dense_masks(monkeypatch):
-    """The k-d tree used for a few bad pixels and the summed-area table used for many
+    """The neighbour grid used for a few bad pixels and the summed-area table used for many
     flag exactly the same stamps."""
     stars = star_grid(seed=11)
     image = make_image(stars, profile=gaussian(3.0), seed=12)
@@ -344,6 +344,132 @@ def test_masked_stamp_test_is_the_same_for_sparse_and_dense_masks(monkeypatch):
     dense = select_kernel_sources(image, stamp_half_width=10, return_all=True)
     np.testing.assert_array_equal(sparse["masked"], dense["masked"])
     np.testing.assert_array_equal(sparse["edge"], dense["edge"])
+
+
+def test_box_tests_sparse_and_dense_agree_with_brute_force(monkeypatch):
+    """Boxes centred on and off the image, with bad pixels exactly on their edges."""
+    rng = np.random.default_rng(21)
+    shape, xy0, half_width = (60, 80), (100, 200), 3
+    bad = rng.random(shape) < 0.01
+    bad[25:42, 28:45] = False
+    bad[30, 40] = True  # on the edge of the first box, just outside the second
+    image = MaskedImage(np.zeros(shape), xy0=xy0)
+    image.set_mask_plane("BAD", bad)
+    x = np.r_[xy0[0] + 37.4, xy0[0] + 36.4, rng.uniform(90, 190, 300)]
+    y = np.r_[xy0[1] + 33.0, xy0[1] + 33.0, rng.uniform(190, 270, 300)]
+    ix, iy = np.rint(x - xy0[0]).astype(int), np.rint(y - xy0[1]).astype(int)
+    rows, cols = np.nonzero(bad)
+    expected = (np.maximum(abs(ix[:, None] - cols), abs(iy[:, None] - rows)) <= half_width).any(
+        axis=1
+    )
+    sparse = sources._box_tests(image, image.bitmask("BAD"), x, y, half_width)
+    monkeypatch.setattr(sources, "SPARSE_BAD_PIXELS", 0)
+    dense = sources._box_tests(image, image.bitmask("BAD"), x, y, half_width)
+    assert expected[0]
+    assert not expected[1]
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(sparse[0], expected)
+    np.testing.assert_array_equal(dense[0], expected)
+    np.testing.assert_array_equal(sparse[1], dense[1])
+
+
+def brute_force_pairs(query_x, query_y, point_x, point_y, radius):
+    """Every (query, point) pair with max(|dx|, |dy|) <= radius, sorted, by an n x m table."""
+    separation = np.maximum(
+        abs(np.asarray(query_x, dtype=float)[:, None] - point_x),
+        abs(np.asarray(query_y, dtype=float)[:, None] - point_y),
+    )
+    return np.nonzero(separation <= radius)
+
+
+def sorted_pairs(query_index, point_index):
+    order = np.lexsort((point_index, query_index))
+    return query_index[order], point_index[order]
+
+
+@pytest.mark.parametrize(
+    ("n_query", "n_point", "radius", "kind"),
+    [
+        (300, 400, 10.0, "uniform"),
+        (200, 200, 2.5, "uniform"),
+        (250, 300, 2.0, "integer"),  # many separations exactly equal to the radius
+        (250, 300, 0.0, "integer"),  # only coincident positions pair
+        (100, 150, 1.5, "duplicated"),
+        (50, 60, 3.0, "half-integer"),
+        (40, 1, 40.0, "uniform"),
+        (1, 40, 40.0, "uniform"),
+        (0, 50, 5.0, "uniform"),
+        (50, 0, 5.0, "uniform"),
+        (0, 0, 5.0, "uniform"),
+    ],
+)
+def test_chebyshev_pairs_match_brute_force(n_query, n_point, radius, kind):
+    rng = np.random.default_rng([n_query, n_point, int(10 * radius)])
+    if kind == "uniform":
+        qx, qy, px, py = (rng.uniform(-50, 150, n) for n in (n_query, n_query, n_point, n_point))
+    elif kind == "integer":
+        qx, qy, px, py = (rng.integers(0, 20, n) for n in (n_query, n_query, n_point, n_point))
+    elif kind == "half-integer":
+        qx, qy, px, py = (rng.integers(0, 40, n) / 2 for n in (n_query, n_query, n_point, n_point))
+    else:  # every point three times; half the queries on points
+        px, py = np.repeat(rng.uniform(0, 10, (2, n_point // 3)), 3, axis=1)
+        qx, qy = np.c_[[px[:50], py[:50]], rng.uniform(0, 10, (2, n_query - 50))]
+    query_index, point_index = sources._chebyshev_pairs(qx, qy, px, py, radius)
+    expected = brute_force_pairs(qx, qy, px, py, radius)
+    assert query_index.dtype == point_index.dtype == np.int64
+    assert np.all(np.diff(query_index) >= 0)  # ordered by query
+    if n_query * n_point > 0:
+        assert 0 < len(expected[0]) < n_query * n_point
+    for got, want in zip(sorted_pairs(query_index, point_index), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_chebyshev_pairs_of_single_points():
+    """A point pairs with itself at radius 0, and at a separation of exactly the radius."""
+    for radius, separation, paired in [(0.0, 0.0, True), (2.5, 2.5, True), (2.5, 2.5001, False)]:
+        query_index, point_index = sources._chebyshev_pairs(
+            [3.0], [4.0], [3.0 - separation], [4.0 + separation], radius
+        )
+        assert query_index.tolist() == point_index.tolist() == ([0] if paired else [])
+
+
+def test_chebyshev_pairs_in_chunks_match_brute_force(monkeypatch):
+    """Small chunks, a crowded clump and one query with more candidates than a chunk."""
+    rng = np.random.default_rng(7)
+    x, y = (
+        np.r_[rng.uniform(0, 50, 300), np.full(40, 20.0)],
+        np.r_[rng.uniform(0, 50, 300), np.full(40, 20.0)],
+    )
+    monkeypatch.setattr(sources, "PAIR_CHUNK", 25)
+    pairs = sorted_pairs(*sources._chebyshev_pairs(x, y, x, y, 4.0))
+    for got, want in zip(pairs, brute_force_pairs(x, y, x, y, 4.0), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_chebyshev_pairs_refuse_non_finite_positions():
+    with pytest.raises(DiffimValueError, match="finite"):
+        sources._chebyshev_pairs([0.0, np.nan], [0.0, 1.0], [0.0], [0.0], 1.0)
+
+
+def test_crowded_matches_brute_force():
+    """Crowded: another source within the box (edges included) is > 0.1x as bright."""
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 60, (2, 200)).astype(float)
+    x[:2], y[:2] = (70.0, 73.0), (10.0, 10.0)  # a pair exactly half_width apart
+    flux = rng.lognormal(8.0, 2.0, 200)
+    flux[:2] = (1000.0, 50.0)  # only the fainter is spoilt
+    flux[2] = np.nan  # counts as 0
+    separation = np.maximum(abs(x[:, None] - x), abs(y[:, None] - y))
+    neighbour = (separation <= 3) & ~np.eye(200, dtype=bool)
+    known = np.nan_to_num(flux)
+    expected = (neighbour & (known > 0.1 * known[:, None])).any(axis=1)
+    crowded = sources._crowded(x, y, flux, 3)
+    np.testing.assert_array_equal(crowded, expected)
+    assert not crowded[0]
+    assert crowded[1]
+    assert 0 < crowded.sum() < 200
+    assert not sources._crowded(x[:1], y[:1], flux[:1], 3).any()
+    assert sources._crowded(x[:0], y[:0], flux[:0], 3).size == 0
 
 
 # -- FWHM ------------------------------------------------------------------------------------
