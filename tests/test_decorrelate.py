@@ -179,19 +179,6 @@ def _point(shape, row, column):
     return where
 
 
-def test_threads_give_the_serial_result():
-    difference, kernel, (science, template) = noise_difference(1.0, 4.0, shape=(128, 128))
-    results = [
-        decorrelate_difference(
-            difference, kernel, science_variance=science, template_variance=template,
-            complete_variance_propagation=True, workers=workers,
-        )
-        for workers in (1, 2)
-    ]  # fmt: skip
-    np.testing.assert_allclose(results[0].image, results[1].image, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(results[0].variance, results[1].variance, rtol=1e-12)
-
-
 # -- validation -----------------------------------------------------------------------------
 def test_bad_inputs_give_clear_errors():
     difference, kernel, (science, template) = noise_difference(1.0, 1.0, shape=(64, 64))

@@ -93,9 +93,9 @@ class DecorrelationFilter:
     phi_hat: np.ndarray
     kernel_hat: np.ndarray
 
-    def real_space(self, transfer: np.ndarray, workers: int = 1) -> np.ndarray:
+    def real_space(self, transfer: np.ndarray) -> np.ndarray:
         """Return the kernel of a transfer function, centred on pixel ``(0, 0)`` (wrapped)."""
-        return fft.irfft2(transfer, self.fft_shape, workers)
+        return fft.irfft2(transfer, self.fft_shape)
 
     def noise_weights(self) -> tuple[float, float]:
         """Return ``(w_n, w_c)``: the sums of the squared real-space kernels ``φ`` and ``κ ∗ φ``.
@@ -158,7 +158,6 @@ def decorrelation_filter(
     variance_unconvolved: float,
     variance_convolved: float,
     shape: tuple[int, int],
-    workers: int | None = None,
 ) -> DecorrelationFilter:
     """Return the decorrelation filter of a matching kernel on a padded FFT grid.
 
@@ -172,8 +171,6 @@ def decorrelation_filter(
         before convolution, in image units squared; ``σ²_n + σ²_c > 0``.
     shape : tuple of int
         ``(ny, nx)`` of the FFT grid (see `fft_shape`).
-    workers : int, optional
-        Threads for the FFT; all available cores by default.
 
     Returns
     -------
@@ -185,7 +182,7 @@ def decorrelation_filter(
         msg = f"mean variances must be >= 0 and not both 0, got σ²_n={s_n}, σ²_c={s_c}"
         raise DiffimValueError(msg)
     padded = _centered_at_origin(kernel, shape)
-    kernel_hat = fft.rfft2(padded, workers=resolve_workers(workers))
+    kernel_hat = fft.rfft2(padded)
     kernel_sum = float(kernel.sum())
     denominator = np.maximum(s_n + s_c * np.abs(kernel_hat) ** 2, 1000 * np.finfo(float).tiny)
     phi_hat = np.sqrt((s_n + s_c * kernel_sum**2) / denominator)
@@ -242,21 +239,18 @@ def _kernel_at(
     return _check_kernel_image("psf_matching_kernel", psf_matching_kernel)
 
 
-def _filtered(
-    array: np.ndarray, transfer: np.ndarray, shape: tuple[int, int], workers: int
-) -> np.ndarray:
+def _filtered(array: np.ndarray, transfer: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Filter a finite array by a transfer function on a zero-padded grid; crop it back."""
     ny, nx = array.shape
-    spectrum = fft.rfft2(array, shape, workers)
+    spectrum = fft.rfft2(array, shape)
     spectrum *= transfer
-    return fft.irfft2(spectrum, shape, workers)[:ny, :nx]
+    return fft.irfft2(spectrum, shape)[:ny, :nx]
 
 
 def _propagated_variance(
     planes: tuple[np.ndarray, np.ndarray],
     means: tuple[float, float],
     decorrelation: DecorrelationFilter,
-    workers: int,
 ) -> np.ndarray:
     """Return ``v_n ∗ φ² + v_c ∗ (κ ∗ φ)²``; non-finite inputs stay non-finite there."""
     transfers = (decorrelation.phi_hat, decorrelation.kernel_hat * decorrelation.phi_hat)
@@ -264,11 +258,9 @@ def _propagated_variance(
     bad = np.zeros(planes[0].shape, dtype=bool)
     for plane, mean, transfer in zip(planes, means, transfers, strict=True):
         finite = np.isfinite(plane)
-        squared = decorrelation.real_space(transfer, workers) ** 2
-        squared_hat = fft.rfft2(squared, workers=workers)
-        total += _filtered(
-            np.where(finite, plane, mean), squared_hat, decorrelation.fft_shape, workers
-        )
+        squared = decorrelation.real_space(transfer) ** 2
+        squared_hat = fft.rfft2(squared)
+        total += _filtered(np.where(finite, plane, mean), squared_hat, decorrelation.fft_shape)
         bad |= ~finite
     total[bad] = np.inf
     return total
@@ -286,7 +278,6 @@ def decorrelate_difference(
     fill_mask_planes: Sequence[str] = ARTEFACT_MASK_PLANES,
     complete_variance_propagation: bool = False,
     kernel_sum: float | np.ndarray | None = None,
-    workers: int | None = None,
 ) -> MaskedImage:
     """Whiten the noise of an Alard-Lupton difference image (spec §4, steps 2-10).
 
@@ -318,8 +309,6 @@ def decorrelate_difference(
         If not ``template_matched``, the kernel sum(s) the difference was divided by; the
         variance is divided by its square.  Default: ``sum_image`` of a `SpatialKernel`
         over the box, else the kernel image's sum.
-    workers : int, optional
-        Threads for the FFTs; all available cores by default.
 
     Returns
     -------
@@ -346,7 +335,6 @@ def decorrelate_difference(
             DiffimWarning,
             stacklevel=2,
         )
-    workers = resolve_workers(workers)
     shape = fft_shape(difference.shape, kernel.shape)
     log.info("decorrelating: σ²_n=%.4g σ²_c=%.4g, FFT grid %s", means[0], means[1], shape)
     decorrelation = decorrelation_filter(
@@ -354,11 +342,10 @@ def decorrelate_difference(
         variance_unconvolved=means[0],
         variance_convolved=means[1],
         shape=shape,
-        workers=workers,
     )
-    image = _decorrelated_image(difference, tuple(fill_mask_planes), decorrelation, workers)
+    image = _decorrelated_image(difference, tuple(fill_mask_planes), decorrelation)
     if complete_variance_propagation:
-        variance = _propagated_variance(planes, means, decorrelation, workers)
+        variance = _propagated_variance(planes, means, decorrelation)
     else:
         w_n, w_c = decorrelation.noise_weights()
         variance = planes[0] * w_n + planes[1] * w_c
@@ -407,7 +394,6 @@ def _decorrelated_image(
     difference: MaskedImage,
     fill_mask_planes: Sequence[str],
     decorrelation: DecorrelationFilter,
-    workers: int,
 ) -> np.ndarray:
     """Filter an image by ``φ̂`` (float64); unusable pixels are filled, then restored.
 
@@ -422,7 +408,7 @@ def _decorrelated_image(
         raise DiffimValueError(msg)
     mean = float(np.mean(image, where=keep, dtype=np.float64))
     filled = np.where(keep, image - mean, 0.0)
-    result = _filtered(filled, decorrelation.phi_hat, decorrelation.fft_shape, workers) + mean
+    result = _filtered(filled, decorrelation.phi_hat, decorrelation.fft_shape) + mean
     result[~keep] = image[~keep]
     return result
 

@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import DiffimValueError
 from . import fft
-from .tiles import _check_kernels, _float_dtype, resolve_workers
+from .tiles import _check_kernels, _float_dtype
 
 __all__ = ["correlate_valid_pairs", "correlate_valid_stack", "delta_function_shifts"]
 
@@ -118,24 +118,23 @@ def correlate_valid_pairs(images: np.ndarray, kernels: np.ndarray) -> np.ndarray
     """
     size = kernels.shape[1]
     fft_shape = tuple(fft.good_size(n) for n in images.shape[1:])
-    workers = resolve_workers(None)
-    product = np.conjugate(fft.rfft2(kernels, fft_shape, workers))
-    product *= fft.rfft2(images, fft_shape, workers)
+    product = np.conjugate(fft.rfft2(kernels, fft_shape))
+    product *= fft.rfft2(images, fft_shape)
     out_shape = (images.shape[1] - size + 1, images.shape[2] - size + 1)
-    return _inverse_valid(product, fft_shape, out_shape, workers)
+    return _inverse_valid(product, fft_shape, out_shape)
 
 
 def _inverse_valid(
-    spectrum: np.ndarray, fft_shape: tuple[int, int], out_shape: tuple[int, int], workers: int
+    spectrum: np.ndarray, fft_shape: tuple[int, int], out_shape: tuple[int, int]
 ) -> np.ndarray:
     """``irfft2(spectrum, fft_shape)[..., :out_shape[0], :out_shape[1]]``, contiguous.
 
     The row transforms run only on the ``out_shape[0]`` rows kept: for stamps whose valid
     region is about half the transform (43² stamps, 21² kernels) this halves the work.
     """
-    rows = fft.ifft(spectrum, -2, workers, in_place=True)
+    rows = fft.ifft(spectrum, -2, in_place=True)
     rows = rows[..., : out_shape[0], :]
-    result = fft.irfft(rows, fft_shape[1], workers)
+    result = fft.irfft(rows, fft_shape[1])
     return np.ascontiguousarray(result[..., : out_shape[1]])
 
 
@@ -163,8 +162,7 @@ def _stack_direct(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.
 
 def _stack_fft(stamp: np.ndarray, basis: np.ndarray, out_shape: tuple) -> np.ndarray:
     fft_shape = tuple(fft.good_size(n) for n in stamp.shape[-2:])
-    workers = resolve_workers(None)  # batches of stamps: one transform per thread
     product = fft.rfft2(basis, fft_shape)
     np.conjugate(product, out=product)
-    product = product * fft.rfft2(stamp, fft_shape, workers)[..., None, :, :]
-    return _inverse_valid(product, fft_shape, out_shape, workers)
+    product = product * fft.rfft2(stamp, fft_shape)[..., None, :, :]
+    return _inverse_valid(product, fft_shape, out_shape)
