@@ -69,7 +69,8 @@ class KernelSolution:
     convolved_template : numpy.ndarray or None
         The fit's model ``T ⋆ K`` (science units, without the background) over the fit
         region (the stamp less the kernel half-width on each side), formed from the design
-        columns; None when the fit had none (a delta-function basis).
+        columns; None when the fit had none (a delta-function basis), and in the solutions
+        a fit stores on its candidates: it serves only their single-kernel assessment.
     """
 
     coefficients: np.ndarray

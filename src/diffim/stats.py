@@ -31,8 +31,11 @@ __all__ = [
 MAD_TO_SIGMA = 1.482602218505602
 #: ``1 / (2 Φ⁻¹(3/4))``: the standard deviation of a Gaussian per unit interquartile range.
 IQR_TO_SIGMA = 0.741301109
-#: `difference_statistics` samples larger differences on a regular grid of >= this many pixels.
-STATISTICS_MAX_PIXELS = 1_000_000
+#: `difference_statistics` samples larger differences on a regular grid of >= this many
+#: pixels: the median and robust std of D/σ are then known to ~0.3 % (1.25/√N and 1.65/√N
+#: of σ), and the sample's work arrays take 4 MiB (1 000 000 pixels took 15 MiB, which set
+#: a 2048² ``diffim subtract``'s peak memory).
+STATISTICS_MAX_PIXELS = 250_000
 
 
 def clipped_mean_std(
@@ -105,7 +108,9 @@ def normalized_pixels(
     good &= np.isfinite(image)
     good &= variance > 0  # False for nan
     good &= np.isfinite(variance)
-    return image[good] / np.sqrt(variance[good]), good
+    values, sigma = image[good], variance[good]
+    values /= np.sqrt(sigma, out=sigma)
+    return values, good
 
 
 def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str]) -> dict:
@@ -115,7 +120,7 @@ def difference_statistics(difference: MaskedImage, bad_mask_planes: Iterable[str
     are left out.  The std is ``1.4826 · MAD`` so that stars and transients do not inflate it.
     Images of more than `STATISTICS_MAX_PIXELS` pixels are sampled on a regular grid (every
     ``k``-th pixel of every ``k``-th row) of at least that many pixels: the statistics are
-    then precise to ~0.1% and cost a quarter of the time on 2048² (0.04 s instead of 0.15).
+    then precise to ~0.3% and cost 0.01 s on 2048² (0.15 s for every pixel).
     """
     bad_bits = difference.bitmask([*bad_mask_planes, "NO_DATA", "EDGE"])
     step = sampling_step(difference.image.size, STATISTICS_MAX_PIXELS)

@@ -24,7 +24,7 @@ def _crop(array: np.ndarray, half_width: int) -> np.ndarray:
 
 #: Most float64 values of per-pixel work arrays (stamp pixels x planes, e.g. the design
 #: columns of every basis kernel) that one batch of candidates may hold: 16 MB.
-BATCH_VALUES = 2**21
+BATCH_VALUES = 2**19
 
 
 def _batches(candidates: Sequence[KernelCandidate], n_planes: int) -> list[list[int]]:
