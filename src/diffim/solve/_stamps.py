@@ -23,7 +23,8 @@ def _crop(array: np.ndarray, half_width: int) -> np.ndarray:
 
 
 #: Most float64 values of per-pixel work arrays (stamp pixels x planes, e.g. the design
-#: columns of every basis kernel) that one batch of candidates may hold: 16 MB.
+#: columns of every basis kernel) that one batch of candidates may hold: 4 MB.  Batches of
+#: 2**21 values fitted 630 candidates no faster and held 14 MiB more at the peak.
 BATCH_VALUES = 2**19
 
 
