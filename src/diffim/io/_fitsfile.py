@@ -32,10 +32,6 @@ FITS_START = b"SIMPLE  ="
 #: Bytes of one header card, and how a HIERARCH card starts.
 CARD_BYTES = 80
 HIERARCH = b"HIERARCH "
-#: Rows of a 2-d image that `write_fits` hands to cfitsio at a time: fitsio tests a float
-#: array it writes whole for non-finite values, a 4 MiB mask at 2048² that set the peak
-#: memory of a subtraction.
-WRITE_ROWS = 256
 #: Structural keywords that fitsio writes itself.
 _STRUCTURAL_KEY = re.compile(
     r"^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|XTENSION|PCOUNT|GCOUNT|EXTNAME|BZERO|BSCALE)$"
@@ -157,27 +153,11 @@ def write_fits(path: str, hdus: Sequence[tuple[np.ndarray | None, Header]]) -> N
                 for keyword, value, comment in header.cards
                 if keyword and not _STRUCTURAL_KEY.match(keyword.upper())
             ]  # blank-keyword cards (layout text) are not written
-            if data is None or data.ndim != 2:
-                fits_file.write(data, header=records, extname=header.get("EXTNAME"))
-            else:
-                _write_image(fits_file, data, records, header.get("EXTNAME"))
+            fits_file.write(data, header=records, extname=header.get("EXTNAME"))
             info = fits_file[-1].get_info()
             header_spans.append((info["header_start"], info["data_start"]))
     for (start, end), (_, header) in zip(header_spans, hdus, strict=True):
         _restore_keyword_case(path, start, end, header)
-
-
-def _write_image(fits_file: Any, data: np.ndarray, records: list, extname: str | None) -> None:
-    """Append a 2-d image HDU, its pixels `WRITE_ROWS` rows at a time, every non-finite
-    value as NaN (as cfitsio writes a whole float image: +inf and -inf become NaN)."""
-    fits_file.create_image_hdu(dims=data.shape, dtype=data.dtype, extname=extname, header=records)
-    hdu = fits_file[-1]
-    hdu.write_keys(records)
-    for start in range(0, data.shape[0], WRITE_ROWS):
-        rows = np.ascontiguousarray(data[start : start + WRITE_ROWS])
-        if rows.dtype.kind == "f" and not np.isfinite(rows).all():
-            rows = np.where(np.isfinite(rows), rows, np.nan).astype(rows.dtype)
-        hdu.write(rows, start=[start, 0])
 
 
 def _restore_keyword_case(path: str, start: int, end: int, header: Header) -> None:
