@@ -84,12 +84,10 @@ def load_average() -> str:
 
 def environment_header(title: str) -> str:
     """Return a Markdown header with the versions, CPU count and date of this run."""
-    try:
-        import sep
+    import ducc0
+    import fitsio
+    import sep
 
-        sep_version = sep.__version__
-    except ImportError:
-        sep_version = "absent"
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     threads = {
         k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ
@@ -101,8 +99,8 @@ def environment_header(title: str) -> str:
         f"- machine: {platform.node()}, {platform.platform()}",
         f"- CPU: {cpu_model()}; os.cpu_count() = {os.cpu_count()}, usable = {affinity}",
         f"- python {platform.python_version()}, numpy {np.__version__}, scipy "
-        f"{scipy.__version__}, astropy {astropy.__version__}, sep {sep_version}, "
-        f"diffim {diffim.__version__}",
+        f"{scipy.__version__}, astropy {astropy.__version__}, sep {sep.__version__}, "
+        f"ducc0 {ducc0.__version__}, fitsio {fitsio.__version__}, diffim {diffim.__version__}",
         f"- thread settings: {threads or 'library defaults'}",
         f"- {load_average()} at the start",
     ]
