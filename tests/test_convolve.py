@@ -389,3 +389,32 @@ def test_correlate_valid_stack_batch_matches_single_stamps(method):
         for j in range(3):
             expected = correlate_valid_stack(stamps[i, j], basis, method=method)
             np.testing.assert_allclose(batch[i, j], expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fft_module_follows_numpy_conventions(dtype):
+    """`diffim.convolve.fft` (ducc0) gives numpy.fft's transforms, zero padding and
+    normalisation, in the input's precision, and its inverses restore the input."""
+    from diffim.convolve import fft
+
+    rng = np.random.default_rng(5)
+    array = rng.normal(size=(3, 17, 22)).astype(dtype)
+    shape = (fft.good_size(20), fft.good_size(25))
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    spectrum = fft.rfft2(array, shape)
+    assert spectrum.dtype == np.result_type(dtype, np.complex64)
+    expected = np.fft.rfft2(array.astype(float), s=shape)
+    np.testing.assert_allclose(spectrum, expected, atol=tolerance * np.abs(expected).max())
+    padded = np.zeros((3, *shape))
+    padded[:, :17, :22] = array
+    np.testing.assert_allclose(fft.irfft2(spectrum, shape), padded, atol=tolerance * 10)
+    columns = fft.ifft(spectrum.copy(), -2)
+    np.testing.assert_allclose(
+        columns, np.fft.ifft(expected, axis=-2), atol=tolerance * np.abs(columns).max()
+    )
+    in_place = spectrum.copy()
+    assert fft.ifft(in_place, -2, in_place=True) is in_place
+    np.testing.assert_array_equal(in_place, columns)
+    np.testing.assert_allclose(fft.irfft(columns, shape[1]), padded, atol=tolerance * 10)
+    assert fft.good_size(43) == 45  # 2-3-5 smooth
+    assert fft.good_size(64) == 64
