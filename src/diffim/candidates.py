@@ -58,7 +58,8 @@ class KernelSolution:
     background : float
         Differential background under the stamp, in science image units (0 if not fitted).
     kernel_image : numpy.ndarray, shape (size, size)
-        ``sum_i coefficients[i] * basis[i]``.
+        ``sum_i coefficients[i] * basis[i]``, in the stamps' precision (float32 for float32
+        stamps).
     normal_matrix, normal_vector : numpy.ndarray
         Unregularised normal equations ``M`` and ``b`` (background last when fitted); the
         spatial fit sums them over candidates.

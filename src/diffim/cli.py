@@ -285,7 +285,6 @@ def _run_subtract(args: argparse.Namespace) -> int:
     for number, warning in enumerate(caught, start=1):
         log.warning("%s: %s", warning.category.__name__, warning.message)
         result.subtractedExposure.metadata[f"WARN{number}"] = str(warning.message)
-    del caught
     if not (args.debug or args.png):  # the rest needs neither the template nor the stamps
         result = replace(result, kernelCellSet=None, warpedExposure=None)
         del template  # the stamps of the kernel cell set were views of it: 48 MiB freed

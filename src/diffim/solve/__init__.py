@@ -9,7 +9,7 @@ Spatial model (spec §3.11): with ``a = A(x, y) θ`` mapping spatial parameters 
 coefficients, solve ``(Σ Aᵀ M A) θ = Σ Aᵀ b`` over the candidates.
 
 The package is split by concept: `linalg` (`solve_normal_equations`, `batch_solve`,
-`eigen_solve`, `condition_number` and the `Regularization` penalty with its risk scans),
+`condition_number` and the `Regularization` penalty with its risk scans),
 `single_kernel` (`build_single_kernels`, `build_single_kernel`: weights and normal equations
 of batches of candidates), `residuals` (`residuals_of`, `candidate_residuals`,
 `residual_statistics_of`, `residual_statistics`), `spatial_solution` (`solve_spatial_kernel`,
@@ -24,7 +24,6 @@ from .linalg import ConditionNumberType as ConditionNumberType
 from .linalg import LambdaType as LambdaType
 from .linalg import Regularization, condition_number, solve_normal_equations
 from .linalg import batch_solve as batch_solve
-from .linalg import eigen_solve as eigen_solve
 from .residuals import (
     candidate_residuals,
     residual_statistics,
